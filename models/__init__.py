@@ -1,0 +1,1 @@
+"""Model-store tooling: the embedded defaults, importers for production models, the manifest."""

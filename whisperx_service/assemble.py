@@ -1,0 +1,66 @@
+"""Turning runner outputs into WhisperX's result: segments, speakers, word_segments.
+
+Speaker assignment is whisperx's own `assign_word_speakers`; this module only adapts types and
+splits Whisper-timed chunks into sentences the way WhisperX's aligner would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schema import AsrSegment, Segment, SpeakerTurn, Word
+
+_SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
+
+
+def sentences_from_whisper_words(segment: AsrSegment) -> list[Segment]:
+    """Split one ASR chunk (up to 30 s) into sentence segments using its timed words."""
+    words = segment.words or []
+    if not words:
+        return [Segment(start=segment.start, end=segment.end, text=segment.text,
+                        avg_logprob=segment.avg_logprob)]
+    joiner = "" if _is_unspaced(segment.text) else " "
+    out: list[Segment] = []
+    current: list[Word] = []
+    for word in words:
+        current.append(word)
+        if word.word.endswith(_SENTENCE_END):
+            out.append(_segment_of(current, joiner, segment.avg_logprob))
+            current = []
+    if current:
+        out.append(_segment_of(current, joiner, segment.avg_logprob))
+    return out
+
+
+def _is_unspaced(text: str) -> bool:
+    """Chinese/Japanese text carries no spaces between words."""
+    return " " not in text.strip() and any("\u3040" <= ch <= "\u9fff" for ch in text)
+
+
+def _segment_of(words: list[Word], joiner: str, avg_logprob: float | None) -> Segment:
+    starts = [w.start for w in words if w.start is not None]
+    ends = [w.end for w in words if w.end is not None]
+    return Segment(
+        start=min(starts) if starts else 0.0,
+        end=max(ends) if ends else 0.0,
+        text=joiner.join(w.word for w in words),
+        words=[w.model_copy() for w in words],
+        avg_logprob=avg_logprob,
+    )
+
+
+def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
+    """Label each segment and word with the speaker who overlaps it most (nearest when none)."""
+    if not turns or not segments:
+        return segments
+    import pandas as pd
+    from whisperx.diarize import assign_word_speakers
+
+    frame = pd.DataFrame([t.model_dump() for t in turns], columns=["start", "end", "speaker"])
+    result: dict[str, Any] = {"segments": [s.model_dump(exclude_none=True) for s in segments]}
+    labelled = assign_word_speakers(frame, result, fill_nearest=True)
+    return [Segment.model_validate(s) for s in labelled["segments"]]
+
+
+def word_segments(segments: list[Segment]) -> list[Word]:
+    return [w for s in segments for w in s.words]

@@ -1,0 +1,105 @@
+"""The one settings object of the service.
+
+Every knob is an environment variable prefixed ``WXS_`` (``WXS_ASR_MODEL=whisper-tiny-en``,
+``WXS_DEVICE=cuda``...). The gateway and each runner read the same object, so a value set for
+``bentoml serve`` reaches every process of the graph. The README lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DiarizationBackend(str, Enum):
+    pyannote = "pyannote"
+    senko = "senko"
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WXS_", extra="ignore")
+
+    # --- models (BentoML model-store names; `python -m models` puts them there) ---
+    asr_model: str = Field(
+        "whisper-base",
+        description="Model-store name of the faster-whisper (CTranslate2) model used for ASR.",
+    )
+    vad_onset: float = Field(0.500, description="whisperx VAD onset threshold.")
+    vad_offset: float = Field(0.363, description="whisperx VAD offset threshold.")
+    diarization_backend: DiarizationBackend = Field(
+        DiarizationBackend.pyannote,
+        description="Which diarization backend the runner uses: a pyannote.audio pipeline or senko.",
+    )
+    diarization_model: str = Field(
+        "diarization-pyannote-senko-weights",
+        description="Model-store name of the pyannote pipeline directory (pyannote backend).",
+    )
+
+    # --- compute ---
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where models run; auto picks CUDA when torch sees a GPU."
+    )
+    compute_type: str = Field(
+        "default", description="CTranslate2 compute type; default is int8 on CPU, float16 on CUDA."
+    )
+    asr_batch_size: int = Field(8, ge=1, description="VAD chunks decoded per Whisper batch.")
+    beam_size: int = Field(5, ge=1, description="Whisper beam size.")
+    asr_threads: int = Field(
+        default_factory=_cpu_count, ge=1, description="CTranslate2 intra-op threads of the ASR runner."
+    )
+    diarization_threads: int = Field(
+        default_factory=lambda: max(1, _cpu_count() // 2),
+        ge=1,
+        description="torch threads of the diarization runner (it runs beside ASR: leave ASR room).",
+    )
+    align_threads: int = Field(
+        default_factory=_cpu_count, ge=1, description="torch threads of the alignment runner."
+    )
+
+    # --- request limits ---
+    max_upload_mb: int = Field(1024, ge=1, description="Largest accepted upload, in MiB.")
+    max_audio_seconds: float = Field(
+        4 * 3600.0, gt=0, description="Longest accepted recording after decoding, in seconds."
+    )
+    max_speakers_limit: int = Field(32, ge=1, description="Largest accepted speaker count.")
+    stage_timeout_s: float = Field(
+        3600.0, gt=0, description="How long the gateway waits for one runner call."
+    )
+    tmp_dir: Path | None = Field(
+        None, description="Where uploads are spooled; the system temp dir when unset."
+    )
+
+    # --- output ---
+    default_zh_script: Literal["simplified", "traditional", "original"] = Field(
+        "simplified", description="Script of Chinese output when a request does not say."
+    )
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_compute_type(self) -> str:
+        if self.compute_type != "default":
+            return self.compute_type
+        return "float16" if self.resolved_device() == "cuda" else "int8"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
