@@ -210,7 +210,8 @@ class Gateway:
             result = DiarizationResult.model_validate(diarization)
             segments = assign_speakers(segments, result.turns)
             diarization_info = DiarizationInfo(
-                enabled=True, backend=result.backend, num_speakers=result.num_speakers
+                enabled=True, backend=result.backend, num_speakers=result.num_speakers,
+                speaker_turns=result.turns,
             )
         return TranscriptionResponse(
             segments=segments, word_segments=word_segments(segments), language=asr.language,

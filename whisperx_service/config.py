@@ -8,7 +8,7 @@ Every knob is an environment variable prefixed ``WXS_`` (``WXS_ASR_MODEL=whisper
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,7 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class DiarizationBackend(str, Enum):
+class DiarizationBackend(StrEnum):
     pyannote = "pyannote"
     senko = "senko"
 

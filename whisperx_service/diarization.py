@@ -56,6 +56,8 @@ DEFAULT_PIPELINE_INIT: dict[str, Any] = {
     "embedding_batch_size": 24,
     "segmentation_batch_size": 16,
 }
+# Each chunk's local speakers are different people: assign them to different clusters.
+DEFAULT_CONSTRAINED_ASSIGNMENT = True
 DEFAULT_PIPELINE_PARAMS: dict[str, Any] = {
     "segmentation": {"min_duration_off": 0.0},
     "clustering": {"method": "centroid", "threshold": 0.7, "min_cluster_size": 12},
@@ -308,6 +310,7 @@ def build_default_pipeline_dir(
         "segmentation": "segmentation/pytorch_model.bin",
         "embedding": f"embedding/{CAMPPLUS_FILE}",
         "clustering": "AgglomerativeClustering",
+        "constrained_assignment": DEFAULT_CONSTRAINED_ASSIGNMENT,
         "init": dict(init if init is not None else DEFAULT_PIPELINE_INIT),
         "params": dict(params if params is not None else DEFAULT_PIPELINE_PARAMS),
     }
@@ -343,6 +346,9 @@ def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any]) -> Any:
         plda=_no_plda(),
         clustering=str(config.get("clustering", "AgglomerativeClustering")),
         **init,
+    )
+    pipeline.clustering.constrained_assignment = bool(
+        config.get("constrained_assignment", DEFAULT_CONSTRAINED_ASSIGNMENT)
     )
     pipeline.instantiate(dict(config.get("params") or DEFAULT_PIPELINE_PARAMS))
     return pipeline
@@ -465,7 +471,14 @@ class SenkoBackend:
 
     name = "senko"
 
-    def __init__(self, *, device: str = "cpu", threads: int = 1, use_raw_segments: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        threads: int = 1,
+        mer_cos: float = SENKO_MER_COS,
+        use_raw_segments: bool = False,
+    ) -> None:
         import torch
 
         ensure_numba_cache_dir()
@@ -474,9 +487,7 @@ class SenkoBackend:
         self._threads = max(1, threads)
         self._lock = threading.Lock()
         self._raw = use_raw_segments
-        self.diarizer = Diarizer(
-            device=device, warmup=False, quiet=True, mer_cos=mer_cos
-        )
+        self.diarizer = Diarizer(device=device, warmup=False, quiet=True, mer_cos=mer_cos)
         torch.set_num_threads(self._threads)
 
     def diarize(

@@ -6,7 +6,7 @@ The public response (`TranscriptionResponse`) is WhisperX's own result (``segmen
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -29,7 +29,7 @@ class Segment(BaseModel):
     avg_logprob: float | None = None
 
 
-class WordTimestampMethod(str, Enum):
+class WordTimestampMethod(StrEnum):
     wav2vec2 = "wav2vec2"  # forced alignment with a per-language wav2vec2 CTC model
     whisper = "whisper"  # Whisper's cross-attention timings (no aligner for the language)
     none = "none"  # no speech: nothing to time
@@ -41,10 +41,19 @@ class AlignmentInfo(BaseModel):
     note: str | None = None
 
 
+class SpeakerTurn(BaseModel):
+    start: float
+    end: float
+    speaker: str
+
+
 class DiarizationInfo(BaseModel):
     enabled: bool
     backend: str | None = None
     num_speakers: int = 0
+    speaker_turns: list[SpeakerTurn] = Field(
+        default_factory=list, description="Who spoke when, as the diarization runner found it."
+    )
 
 
 class StageTiming(BaseModel):
@@ -86,12 +95,6 @@ class AsrResult(BaseModel):
     language: str
     language_probability: float | None = None
     model: str
-
-
-class SpeakerTurn(BaseModel):
-    start: float
-    end: float
-    speaker: str
 
 
 class DiarizationResult(BaseModel):

