@@ -1,0 +1,131 @@
+"""Per-stage real-time factors of the served graph, its time to ready and its peak memory.
+
+    .venv/bin/python bench/stages.py [--asr-model whisper-base] [--repeat 2]
+
+Starts `bentoml serve service:Gateway` on a free port, sends each shared recording (and the
+composed meeting) one at a time, and reads the stage timings the response carries. Prints a
+table and one JSON line. RTF here = stage seconds / audio seconds (lower is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from tests.composed import compose_meeting  # noqa: E402
+from tests.data import AISHELL_DIR, AMI_DIR, JFK_FLAC, PYANNOTE_SAMPLE  # noqa: E402
+
+log = logging.getLogger("bench.stages")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TreeMemory(threading.Thread):
+    """Samples the RSS of a process and its children; keeps the peak of the sum."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.peak_mib = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in procs if p.is_running())
+            except psutil.Error:
+                continue
+            self.peak_mib = max(self.peak_mib, total / 2**20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--asr-model", default="whisper-base")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    meeting_dir = Path(tempfile.mkdtemp(prefix="bench-meeting-"))
+    meeting, _ = compose_meeting(meeting_dir)
+    files = [JFK_FLAC, AISHELL_DIR / "BAC009S0764W0121.wav", PYANNOTE_SAMPLE,
+             AMI_DIR / "dev00.wav", AMI_DIR / "dev01.wav", meeting]
+
+    port = free_port()
+    env = dict(os.environ, WXS_ASR_MODEL=args.asr_model, BENTOML_DO_NOT_TRACK="true")
+    bentoml = Path(sys.executable).parent / "bentoml"
+    started = time.monotonic()
+    proc = subprocess.Popen([str(bentoml), "serve", "service:Gateway", "--port", str(port)],
+                            cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    memory = TreeMemory(proc.pid)
+    memory.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() - started > 600:
+                raise SystemExit("service did not become ready")
+            time.sleep(0.5)
+        ready_s = time.monotonic() - started
+        rows = []
+        with httpx.Client(base_url=url, timeout=1800) as client:
+            for _ in range(args.repeat):
+                for path in files:
+                    t0 = time.monotonic()
+                    with path.open("rb") as fh:
+                        r = client.post("/transcribe", files={"audio_file": (path.name, fh)})
+                    wall = time.monotonic() - t0
+                    r.raise_for_status()
+                    body = r.json()
+                    dur = body["duration"]
+                    stage = {k: v["end"] - v["start"] for k, v in body["timings"].items()}
+                    rows.append({"file": path.name, "audio_s": dur, "wall_s": round(wall, 2),
+                                 "rtf_total": round(wall / dur, 3),
+                                 **{f"rtf_{k}": round(v / dur, 3) for k, v in stage.items()}})
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        memory.stop.set()
+
+    keys = ["file", "audio_s", "wall_s", "rtf_total", "rtf_decode", "rtf_asr", "rtf_diarize", "rtf_align"]
+    log.info(" | ".join(keys))
+    for row in rows:
+        log.info(" | ".join(str(row.get(k, "-")) for k in keys))
+    total_audio = sum(r["audio_s"] for r in rows)
+    total_wall = sum(r["wall_s"] for r in rows)
+    summary = {"asr_model": args.asr_model, "ready_s": round(ready_s, 1),
+               "peak_rss_mib": round(memory.peak_mib), "audio_s": round(total_audio, 1),
+               "wall_s": round(total_wall, 1), "x_realtime": round(total_audio / total_wall, 2),
+               "rows": rows}
+    log.info("ready in %.1f s, peak RSS %.0f MiB, %.1fx realtime overall",
+             ready_s, memory.peak_mib, total_audio / total_wall)
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+if __name__ == "__main__":
+    main()
