@@ -12,14 +12,14 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import bentoml
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from runners.align import Aligner
 from runners.asr import ASR
@@ -33,19 +33,32 @@ from whisperx_service.errors import (
     ServiceError,
     map_stage_error,
 )
+from whisperx_service.jobs import JobRecord, JobTasks, jobs_router
 from whisperx_service.logs import bind_request_id, configure_logging, new_request_id
-from whisperx_service.params import TranscribeParams, parse_transcribe_params
+from whisperx_service.openai_api import openai_router
+from whisperx_service.params import (
+    TranscribeParams,
+    parse_output_format,
+    parse_subtitle_options,
+    parse_transcribe_params,
+)
 from whisperx_service.schema import (
     AlignmentInfo,
     AlignResult,
+    AsrPlan,
     AsrResult,
+    AsrSegment,
+    ChunkJob,
+    ChunkText,
     DiarizationInfo,
     DiarizationResult,
     Segment,
     StageTiming,
+    TimeSpan,
     TranscriptionResponse,
     WordTimestampMethod,
 )
+from whisperx_service.writers import MEDIA_TYPES, render_transcribe
 
 with bentoml.importing():
     from whisperx_service.assemble import assign_speakers, sentences_from_whisper_words, word_segments
@@ -58,6 +71,8 @@ app = FastAPI(
     title="Offline WhisperX",
     description="Transcripts with word-level timestamps and speaker labels, served offline.",
 )
+app.include_router(openai_router)  # /v1/audio/*, /v1/models, /detect-language
+app.include_router(jobs_router)  # GET /jobs/{task_id}: progress of async jobs
 
 
 @app.exception_handler(ServiceError)
@@ -75,7 +90,7 @@ async def _limit_upload_size(request: Request, call_next: Any) -> Any:
     return await call_next(request)
 
 
-class _Clock:
+class StageClock:
     """Stage timings relative to the request's arrival (proof that stages overlap)."""
 
     def __init__(self) -> None:
@@ -118,13 +133,24 @@ async def _spool_upload(upload: UploadFile) -> Path:
     return path
 
 
+async def decode_upload(upload: UploadFile, clock: StageClock) -> np.ndarray:
+    """Spool the upload to disk, decode it once with ffmpeg, always remove the temp file."""
+    start = clock.now()
+    path = await _spool_upload(upload)
+    try:
+        return await decode_audio(path, max_seconds=settings.max_audio_seconds)
+    finally:
+        path.unlink(missing_ok=True)
+        clock.stages["decode"] = StageTiming(start=start, end=clock.now())
+
+
 @bentoml.service(
     name="whisperx",
     workers=1,
     traffic={"timeout": settings.stage_timeout_s + 60},
 )
 @bentoml.asgi_app(app, path="/")
-class Gateway:
+class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
     asr = bentoml.depends(ASR)
     aligner = bentoml.depends(Aligner)
     diarizer = bentoml.depends(Diarizer)
@@ -138,7 +164,8 @@ class Gateway:
             self._aligned_languages = list(await self.aligner.to_async.languages())
         return self._aligned_languages
 
-    @app.post("/transcribe", response_model=TranscriptionResponse)
+    @app.post("/transcribe", response_model=TranscriptionResponse, responses={200: {"content": {
+        MEDIA_TYPES[f].split(";")[0]: {} for f in ("text", "srt", "vtt", "tsv")}}})
     async def transcribe(
         self,
         request: Request,
@@ -150,10 +177,18 @@ class Gateway:
         diarize: Annotated[str | None, Form(description="false skips speaker diarization.")] = None,
         zh_script: Annotated[str | None, Form(description="simplified, traditional or original.")] = None,
         task: Annotated[str | None, Form(description="transcribe (default) or translate.")] = None,
-    ) -> TranscriptionResponse:
+        output_format: Annotated[str | None, Form(
+            description="json (default), text, srt, vtt or tsv; text/srt/vtt name speakers.", examples=["srt"])] = None,
+        max_line_width: Annotated[str | None, Form(
+            description="srt/vtt: characters per line.", examples=["42"])] = None,
+        max_line_count: Annotated[str | None, Form(
+            description="srt/vtt: lines per cue (needs max_line_width).", examples=["2"])] = None,
+        highlight_words: Annotated[str | None, Form(
+            description="srt/vtt: underline each word as it is spoken.", examples=["false"])] = None,
+    ) -> TranscriptionResponse | Response:
         request_id = request.headers.get("x-request-id") or new_request_id()
         with bind_request_id(request_id):
-            clock = _Clock()
+            clock = StageClock()
             params = parse_transcribe_params(
                 {"min_speakers": min_speakers, "max_speakers": max_speakers,
                  "num_speakers": num_speakers, "language": language, "diarize": diarize,
@@ -162,24 +197,30 @@ class Gateway:
                 max_speakers_limit=settings.max_speakers_limit,
                 default_zh_script=settings.default_zh_script,
             )
+            output = {"output_format": output_format, "max_line_width": max_line_width,
+                      "max_line_count": max_line_count, "highlight_words": highlight_words}
+            fmt = parse_output_format(output, request.query_params)
+            options = parse_subtitle_options(output, request.query_params)
             if audio_file is None:
                 raise MissingFile("send the recording as the multipart file field 'audio_file'",
                                   param="audio_file")
-            decode_start = clock.now()
-            path = await _spool_upload(audio_file)
-            try:
-                audio = await decode_audio(path, max_seconds=settings.max_audio_seconds)
-            finally:
-                path.unlink(missing_ok=True)
-            clock.stages["decode"] = StageTiming(start=decode_start, end=clock.now())
-            response = await self._run_graph(audio, params, clock, request_id)
+            audio = await decode_upload(audio_file, clock)
+            response = await self.run_pipeline(audio, params, clock, request_id)
             logger.info("transcribed %.1f s in %.2f s: %d segments, language %s",
                         response.duration, clock.now(), len(response.segments), response.language)
+            if fmt != "json":
+                rendered = render_transcribe(response, fmt, options)
+                return Response(rendered.body, media_type=rendered.media_type)
             return response
 
-    async def _run_graph(
-        self, audio: np.ndarray, params: TranscribeParams, clock: _Clock, request_id: str
+    async def run_pipeline(
+        self, audio: np.ndarray, params: TranscribeParams, clock: StageClock, request_id: str,
+        progress: JobRecord | None = None,
     ) -> TranscriptionResponse:
+        """The whole graph on decoded audio: (ASR || diarization) -> alignment -> speakers.
+
+        With `progress` (async jobs), each stage and each transcribed chunk is recorded there.
+        """
         duration = round(audio.shape[0] / SAMPLE_RATE, 3)
         diarization_info = DiarizationInfo(enabled=params.diarize)
         if audio.shape[0] == 0:
@@ -190,9 +231,11 @@ class Gateway:
                 diarization=diarization_info, timings=clock.stages, request_id=request_id,
             )
         aligned_languages = await self._alignment_languages()
-        asr_call = clock.run("asr", self.asr.to_async.transcribe(
-            audio=audio, language=params.language, task=params.task,
-            aligned_languages=aligned_languages, request_id=request_id,
+        if progress is not None:
+            progress.stage("asr")
+        asr_call = clock.run("asr", self.transcribe_audio(
+            audio, params, aligned_languages, request_id,
+            on_chunk=progress.transcribed if progress is not None else None,
         ))
         if params.diarize:
             diarize_call = clock.run("diarize", self.diarizer.to_async.diarize(
@@ -205,6 +248,8 @@ class Gateway:
 
         asr = AsrResult.model_validate(asr_result)
         convert_asr_segments(asr.segments, asr.language, params.zh_script)
+        if progress is not None:
+            progress.stage("align")
         segments, alignment = await self._timed_words(audio, asr, aligned_languages, clock, request_id)
         if diarization is not None:
             result = DiarizationResult.model_validate(diarization)
@@ -220,9 +265,47 @@ class Gateway:
             request_id=request_id,
         )
 
+    async def transcribe_audio(
+        self, audio: np.ndarray, params: TranscribeParams, aligned_languages: list[str],
+        request_id: str, on_chunk: Callable[[float], None] | None = None,
+    ) -> AsrResult:
+        """ASR as two runner steps: plan (VAD chunks, language), then one `decode` call per chunk.
+
+        The decode calls of every in-flight request meet in the ASR runner's adaptive batcher;
+        a semaphore bounds how many chunks one request has in flight (memory, fairness).
+        """
+        plan = AsrPlan.model_validate(await self.asr.to_async.plan(
+            audio=audio, language=params.language, request_id=request_id))
+        want_words = plan.language not in aligned_languages
+        in_flight = asyncio.Semaphore(2 * settings.asr_batch_size)
+        done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
+
+        async def decode(span: TimeSpan) -> ChunkText:
+            nonlocal done
+            job = ChunkJob(
+                audio=audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)],
+                offset=span.start, language=plan.language, task=params.task,
+                initial_prompt=params.prompt, word_timestamps=want_words,
+            )
+            async with in_flight:
+                (text,) = await self.asr.to_async.decode([job])
+            if on_chunk is not None:  # progress in audio seconds, by the share of speech decoded
+                done += span.end - span.start
+                on_chunk(audio.shape[0] / SAMPLE_RATE * done / speech)
+            return ChunkText.model_validate(text)
+
+        texts = await asyncio.gather(*(decode(span) for span in plan.chunks))
+        segments = [
+            AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
+                       words=text.words)
+            for span, text in zip(plan.chunks, texts, strict=True) if text.text
+        ]
+        return AsrResult(segments=segments, language=plan.language,
+                         language_probability=plan.language_probability, model=plan.model)
+
     async def _timed_words(
         self, audio: np.ndarray, asr: AsrResult, aligned_languages: list[str],
-        clock: _Clock, request_id: str,
+        clock: StageClock, request_id: str,
     ) -> tuple[list[Segment], AlignmentInfo]:
         if not asr.segments:
             return [], AlignmentInfo(method=WordTimestampMethod.none, note="no speech found")

@@ -12,51 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import psutil
+from common import serve_graph, stop_tree  # bench/ is on sys.path when run as a script
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT))
-
-from tests.composed import compose_meeting  # noqa: E402
-from tests.data import AISHELL_DIR, AMI_DIR, JFK_FLAC, PYANNOTE_SAMPLE  # noqa: E402
+from tests.composed import compose_meeting
+from tests.data import AISHELL_DIR, AMI_DIR, JFK_FLAC, PYANNOTE_SAMPLE
 
 log = logging.getLogger("bench.stages")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class TreeMemory(threading.Thread):
-    """Samples the RSS of a process and its children; keeps the peak of the sum."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.root = psutil.Process(pid)
-        self.peak_mib = 0.0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.5):
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-                total = sum(p.memory_info().rss for p in procs if p.is_running())
-            except psutil.Error:
-                continue
-            self.peak_mib = max(self.peak_mib, total / 2**20)
 
 
 def main() -> None:
@@ -71,27 +38,8 @@ def main() -> None:
     files = [JFK_FLAC, AISHELL_DIR / "BAC009S0764W0121.wav", PYANNOTE_SAMPLE,
              AMI_DIR / "dev00.wav", AMI_DIR / "dev01.wav", meeting]
 
-    port = free_port()
-    env = dict(os.environ, WXS_ASR_MODEL=args.asr_model, BENTOML_DO_NOT_TRACK="true")
-    bentoml = Path(sys.executable).parent / "bentoml"
-    started = time.monotonic()
-    proc = subprocess.Popen([str(bentoml), "serve", "service:Gateway", "--port", str(port)],
-                            cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    memory = TreeMemory(proc.pid)
-    memory.start()
-    url = f"http://127.0.0.1:{port}"
+    proc, url, ready_s, memory = serve_graph({"WXS_ASR_MODEL": args.asr_model})
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() - started > 600:
-                raise SystemExit("service did not become ready")
-            time.sleep(0.5)
-        ready_s = time.monotonic() - started
         rows = []
         with httpx.Client(base_url=url, timeout=1800) as client:
             for _ in range(args.repeat):
@@ -108,9 +56,8 @@ def main() -> None:
                                  "rtf_total": round(wall / dur, 3),
                                  **{f"rtf_{k}": round(v / dur, 3) for k, v in stage.items()}})
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-        memory.stop.set()
+        memory.stop_event.set()
+        stop_tree(proc)
 
     keys = ["file", "audio_s", "wall_s", "rtf_total", "rtf_decode", "rtf_asr", "rtf_diarize", "rtf_align"]
     log.info(" | ".join(keys))

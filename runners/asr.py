@@ -1,15 +1,19 @@
-"""ASR runner: faster-whisper through whisperx, batched over the VAD chunks of a recording.
+"""ASR runner: faster-whisper through whisperx, in two steps so chunks batch across requests.
 
-whisperx's pipeline runs its shipped pyannote VAD, merges speech into <= 30 s chunks and decodes
-them `asr_batch_size` at a time. For languages the alignment runner cannot align, this runner
-also times the words with Whisper's own cross-attention (faster-whisper's word timestamps),
-on the text it already decoded: no second decoding pass.
+`plan` runs whisperx's shipped pyannote VAD and merges speech into <= 30 s chunks (whisperx's
+own `merge_chunks`), and detects the language. `decode` is a batchable BentoML API: the gateway
+sends every chunk as its own call, and BentoML's adaptive batching merges the chunks of all
+in-flight requests into Whisper batches (grouped by language and task, never mixed up). For
+languages the alignment runner cannot align, `decode` also times the words with Whisper's own
+cross-attention (faster-whisper's word timestamps), reusing the encoder output of the decode.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections import defaultdict
 from typing import Any
 
 import bentoml
@@ -18,12 +22,22 @@ from bentoml.models import BentoModel
 
 from whisperx_service.config import get_settings
 from whisperx_service.logs import bind_request_id, configure_logging
-from whisperx_service.schema import AsrResult, AsrSegment, Word
+from whisperx_service.schema import (
+    AsrPlan,
+    ChunkJob,
+    ChunkText,
+    LanguageDetection,
+    LanguageProbability,
+    TimeSpan,
+    Word,
+)
 
 with bentoml.importing():
+    import ctranslate2
     import whisperx
     from faster_whisper.tokenizer import Tokenizer
     from whisperx.audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+    from whisperx.vads import Pyannote
 
 logger = logging.getLogger("whisperx_service.asr")
 settings = get_settings()
@@ -56,97 +70,165 @@ class ASR:
         # The Whisper "n_mels" the model expects (80, or 128 for large-v3).
         self.n_mels = int(self.whisper.feat_kwargs.get("feature_size") or 80)
         self.english_only = not self.whisper.model.is_multilingual
+        self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
         logger.info(
             "ASR ready: %s on %s (%s) in %.1f s", self.model_tag, self.device,
             settings.resolved_compute_type(), time.perf_counter() - started,
         )
+
+    # --- helpers -------------------------------------------------------------------------------
 
     def _features(self, chunk: np.ndarray) -> np.ndarray:
         padding = max(0, N_SAMPLES - chunk.shape[0])
         mel = log_mel_spectrogram(chunk[:N_SAMPLES], n_mels=self.n_mels, padding=padding)
         return np.asarray(mel, dtype=np.float32)
 
-    def _detect_language(self, audio: np.ndarray) -> tuple[str, float]:
-        if self.english_only:
-            return "en", 1.0
-        encoder_output = self.whisper.encode(self._features(audio[:N_SAMPLES]))
-        token, probability = self.whisper.model.detect_language(encoder_output)[0][0]
-        return token[2:-2], float(probability)
+    def _ranked_languages(self, audio: np.ndarray) -> list[tuple[str, float]]:
+        encoder_output = self.whisper.encode(self._features(np.ascontiguousarray(audio[:N_SAMPLES])))
+        return [(token[2:-2], float(p)) for token, p in self.whisper.model.detect_language(encoder_output)[0]]
 
     def _tokenizer(self, language: str, task: str) -> Tokenizer:
-        return Tokenizer(self.whisper.hf_tokenizer, self.whisper.model.is_multilingual,
-                         task=task, language=language)
+        key = (language, task)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = Tokenizer(
+                self.whisper.hf_tokenizer, self.whisper.model.is_multilingual, task=task, language=language
+            )
+        return self._tokenizers[key]
 
-    def _whisper_words(self, audio: np.ndarray, segment: dict[str, Any], tokenizer: Tokenizer) -> list[Word]:
-        """Time the words of one decoded chunk with Whisper's cross-attention (DTW)."""
-        start_sample = int(segment["start"] * SAMPLE_RATE)
-        chunk = audio[start_sample:int(segment["end"] * SAMPLE_RATE)]
-        text = segment["text"]
-        tokens = [t for t in tokenizer.encode(text if text.startswith(" ") else " " + text)
-                  if t < tokenizer.eot]
-        if not tokens or chunk.shape[0] == 0:
-            return []
-        encoder_output = self.whisper.encode(self._features(chunk))
-        subsegment = {"tokens": tokens, "seek": 0, "start": 0.0, "end": chunk.shape[0] / SAMPLE_RATE}
-        opts = self.pipeline.options
-        self.whisper.add_word_timestamps(
-            [[subsegment]], tokenizer, encoder_output,
-            num_frames=min(chunk.shape[0], N_SAMPLES) // self.whisper.feature_extractor.hop_length,
-            prepend_punctuations=opts.prepend_punctuations,
-            append_punctuations=opts.append_punctuations,
-            last_speech_timestamp=0.0,
-        )
-        offset = float(segment["start"])
-        limit = float(segment["end"])
-        words: list[Word] = []
-        for w in subsegment.get("words", []):
-            start = min(max(offset + float(w["start"]), offset), limit)
-            end = min(max(offset + float(w["end"]), start), limit)
-            words.append(Word(word=str(w["word"]).strip(), start=round(start, 3),
-                              end=round(end, 3), score=round(float(w["probability"]), 3)))
-        return [w for w in words if w.word]
+    def _speech_chunks(self, audio: np.ndarray) -> list[TimeSpan]:
+        """whisperx's VAD + merge_chunks, exactly as its pipeline does before decoding."""
+        vad = self.pipeline.vad_model
+        params = self.pipeline._vad_params
+        waveform = vad.preprocess_audio(audio) if hasattr(vad, "preprocess_audio") else Pyannote.preprocess_audio(audio)
+        merge = vad.merge_chunks if hasattr(vad, "merge_chunks") else Pyannote.merge_chunks
+        segments = vad({"waveform": waveform, "sample_rate": SAMPLE_RATE})
+        merged = merge(segments, params.get("chunk_size", 30), onset=params["vad_onset"], offset=params["vad_offset"])
+        return [TimeSpan(start=round(s["start"], 3), end=round(s["end"], 3)) for s in merged]
+
+    # --- APIs ----------------------------------------------------------------------------------
 
     @bentoml.api
-    def transcribe(
-        self,
-        audio: np.ndarray,
-        language: str | None = None,
-        task: str = "transcribe",
-        aligned_languages: list[str] | None = None,
-        request_id: str | None = None,
-    ) -> AsrResult:
-        """Transcribe 16 kHz mono float32 audio.
-
-        `aligned_languages` are the languages the alignment runner covers; for any other
-        language (None: all) the words are timed here with Whisper's own timestamps.
-        """
+    def plan(self, audio: np.ndarray, language: str | None = None, request_id: str | None = None) -> AsrPlan:
+        """Speech chunks of 16 kHz mono float32 audio, and its language (detected when None)."""
         with bind_request_id(request_id):
             started = time.perf_counter()
             audio = np.ascontiguousarray(audio, dtype=np.float32)
+            chunks = self._speech_chunks(audio)
             probability: float | None = None
-            if language is None:
-                language, probability = self._detect_language(audio)
-            result = self.pipeline.transcribe(
-                audio, batch_size=settings.asr_batch_size, language=language, task=task
-            )
-            raw_segments = [s for s in result["segments"] if s["text"].strip()]
-            need_words = aligned_languages is None or language not in aligned_languages
-            segments: list[AsrSegment] = []
-            tokenizer = self._tokenizer(language, task) if need_words and raw_segments else None
-            for seg in raw_segments:
-                words = self._whisper_words(audio, seg, tokenizer) if tokenizer else None
-                segments.append(AsrSegment(
-                    start=float(seg["start"]), end=float(seg["end"]), text=seg["text"].strip(),
-                    avg_logprob=_optional_float(seg.get("avg_logprob")), words=words,
-                ))
-            logger.info(
-                "transcribed %.1f s of %s audio into %d segments in %.2f s (whisper words: %s)",
-                audio.shape[0] / SAMPLE_RATE, language, len(segments),
-                time.perf_counter() - started, need_words,
-            )
-            return AsrResult(segments=segments, language=language,
-                             language_probability=probability, model=self.model_tag)
+            if self.english_only:
+                language, probability = "en", 1.0
+            elif language is None:  # as whisperx does: on the first 30 s of the recording
+                language, probability = self._ranked_languages(audio)[0]
+            logger.info("planned %.1f s: %d chunks, language %s (%s) in %.2f s", audio.shape[0] / SAMPLE_RATE,
+                        len(chunks), language, "given" if probability is None else f"p={probability:.2f}",
+                        time.perf_counter() - started)
+            return AsrPlan(chunks=chunks, language=language, language_probability=probability,
+                           model=self.model_tag)
 
+    @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=settings.asr_batch_size,
+                 max_latency_ms=int(settings.stage_timeout_s * 1000))
+    def decode(self, jobs: list[ChunkJob]) -> list[ChunkText]:
+        """Decode chunks (from any number of requests) in Whisper batches; results keep their order."""
+        started = time.perf_counter()
+        results: list[ChunkText | None] = [None] * len(jobs)
+        groups: dict[tuple[str, str, str | None, bool], list[int]] = defaultdict(list)
+        for index, job in enumerate(jobs):
+            groups[(job.language, job.task, job.initial_prompt, job.word_timestamps)].append(index)
+        for (language, task, prompt, word_timestamps), indices in groups.items():
+            for index, text in zip(indices, self._decode_group(
+                [jobs[i] for i in indices], language, task, prompt, word_timestamps
+            ), strict=True):
+                results[index] = text
+        logger.info("decoded a batch of %d chunks (%d groups) in %.2f s", len(jobs), len(groups),
+                    time.perf_counter() - started)
+        return [r for r in results if r is not None]
 
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    @bentoml.api
+    def detect_language(self, audio: np.ndarray, top_k: int = 5) -> LanguageDetection:
+        """Language of the first 30 s: the best guess and the top_k most likely languages."""
+        if self.english_only:
+            return LanguageDetection(language="en", probability=1.0,
+                                     alternatives=[LanguageProbability(language="en", probability=1.0)])
+        top = [LanguageProbability(language=lang, probability=round(p, 4))
+               for lang, p in self._ranked_languages(audio)[:max(1, top_k)]]
+        return LanguageDetection(language=top[0].language, probability=top[0].probability, alternatives=top)
+
+    # --- decoding --------------------------------------------------------------------------------
+
+    def _decode_group(
+        self, jobs: list[ChunkJob], language: str, task: str, prompt: str | None, word_timestamps: bool
+    ) -> list[ChunkText]:
+        tokenizer = self._tokenizer(language, task)
+        options = self.pipeline.options
+        if prompt:
+            options = dataclasses.replace(options, initial_prompt=prompt)
+        out: list[ChunkText] = []
+        for first in range(0, len(jobs), settings.asr_batch_size):
+            batch = jobs[first:first + settings.asr_batch_size]
+            features = np.stack([self._features(np.asarray(job.audio, dtype=np.float32)) for job in batch])
+            encoder_output = self.whisper.encode(features)
+            texts, logprobs, tokens = self._generate(encoder_output, tokenizer, options, len(batch))
+            words: list[list[Word] | None] = [None] * len(batch)
+            if word_timestamps:
+                words = self._whisper_words(batch, tokens, features, encoder_output, tokenizer, options)
+            out.extend(ChunkText(text=t.strip(), avg_logprob=lp, words=w)
+                       for t, lp, w in zip(texts, logprobs, words, strict=True))
+        return out
+
+    def _generate(
+        self, encoder_output: Any, tokenizer: Tokenizer, options: Any, batch_size: int
+    ) -> tuple[list[str], list[float], list[list[int]]]:
+        """whisperx's batched generation (FasterWhisperPipeline), on an encoder output we keep."""
+        previous: list[int] = []
+        if options.initial_prompt is not None:
+            previous = tokenizer.encode(" " + options.initial_prompt.strip())
+        prompt = self.whisper.get_prompt(tokenizer, previous, without_timestamps=options.without_timestamps,
+                                         prefix=options.prefix, hotwords=options.hotwords)
+        results = self.whisper.model.generate(
+            encoder_output, [prompt] * batch_size, beam_size=options.beam_size, patience=options.patience,
+            length_penalty=options.length_penalty, max_length=self.whisper.max_length,
+            suppress_blank=options.suppress_blank, suppress_tokens=options.suppress_tokens,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            repetition_penalty=options.repetition_penalty, return_scores=True,
+        )
+        tokens = [[t for t in r.sequences_ids[0] if t < tokenizer.eot] for r in results]
+        logprobs = [
+            float(r.scores[0] * (len(r.sequences_ids[0]) ** options.length_penalty) / (len(r.sequences_ids[0]) + 1))
+            for r in results
+        ]
+        return list(tokenizer.tokenizer.decode_batch(tokens)), logprobs, tokens
+
+    def _whisper_words(
+        self, batch: list[ChunkJob], tokens: list[list[int]], features: np.ndarray,
+        encoder_output: Any, tokenizer: Tokenizer, options: Any,
+    ) -> list[list[Word] | None]:
+        """Word timings from cross-attention (faster-whisper's DTW), chunk by chunk.
+
+        One chunk at a time so that a chunk's timings never depend on which other chunks (of
+        other requests) shared its batch; the encoder output of the batch is reused on CPU.
+        """
+        reusable = self.device == "cpu"
+        encoded = np.array(encoder_output) if reusable else None
+        hop = self.whisper.feature_extractor.hop_length
+        out: list[list[Word] | None] = []
+        for i, (job, toks) in enumerate(zip(batch, tokens, strict=True)):
+            n = min(np.asarray(job.audio).shape[0], N_SAMPLES)
+            # ctranslate2's align takes the encoder output or, on GPU here, the mel features.
+            item = ctranslate2.StorageView.from_array(encoded[i:i + 1] if encoded is not None else features[i:i + 1])
+            sub: dict[str, Any] = {"tokens": toks, "seek": 0, "start": 0.0, "end": n / SAMPLE_RATE}
+            self.whisper.add_word_timestamps(
+                [[sub]], tokenizer, item, num_frames=n // hop,
+                prepend_punctuations=options.prepend_punctuations,
+                append_punctuations=options.append_punctuations,
+                last_speech_timestamp=0.0,
+            )
+            offset, limit = job.offset, job.offset + n / SAMPLE_RATE
+            words: list[Word] = []
+            for w in sub.get("words", []):
+                start = min(max(offset + float(w["start"]), offset), limit)
+                end = min(max(offset + float(w["end"]), start), limit)
+                if str(w["word"]).strip():
+                    words.append(Word(word=str(w["word"]).strip(), start=round(start, 3),
+                                      end=round(end, 3), score=round(float(w["probability"]), 3)))
+            out.append(words)
+        return out

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         None, description="Where uploads are spooled; the system temp dir when unset."
     )
 
+    # --- async jobs ---
+    job_retention_s: float = Field(
+        24 * 3600.0, gt=0, description="How long a finished job's progress record is kept."
+    )
+
     # --- output ---
     default_zh_script: Literal["simplified", "traditional", "original"] = Field(
         "simplified", description="Script of Chinese output when a request does not say."

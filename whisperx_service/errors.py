@@ -47,6 +47,24 @@ class InvalidParameter(InvalidRequest):
     code = "invalid_parameter"
 
 
+class UnsupportedValue(InvalidRequest):
+    """An OpenAI-API field has a value the API does not take (OpenAI answers these with 400)."""
+
+    code = "invalid_value"
+
+
+class ModelNotFound(InvalidRequest):
+    """The OpenAI-API `model` names no model this service holds (OpenAI's 404 model_not_found)."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class JobNotFound(InvalidRequest):
+    status_code = 404
+    code = "job_not_found"
+
+
 class MissingFile(InvalidRequest):
     code = "missing_file"
 

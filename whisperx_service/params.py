@@ -27,6 +27,7 @@ class TranscribeParams:
     diarize: bool = True
     zh_script: ZhScript = ZhScript.simplified
     task: str = "transcribe"
+    prompt: str | None = None  # Whisper's initial prompt (OpenAI's `prompt`)
 
 
 def _pick(name: str, form: Mapping[str, str | None], query: Mapping[str, str]) -> str | None:
@@ -115,4 +116,111 @@ def parse_transcribe_params(
         diarize=_flag("diarize", _pick("diarize", form, query), True),
         zh_script=script,
         task=task,
+    )
+
+
+# --- output options of /transcribe and the OpenAI-compatible /v1/audio/* ----------------------
+
+TRANSCRIBE_FORMATS = ("json", "text", "srt", "vtt", "tsv")
+OPENAI_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json", "tsv")
+GRANULARITIES = frozenset({"word", "segment"})
+
+
+@dataclass(frozen=True)
+class SubtitleOptions:
+    """whisperx's subtitle options (whisperx.utils.SubtitlesWriter)."""
+
+    max_line_width: int | None = None
+    max_line_count: int | None = None
+    highlight_words: bool = False
+
+    def as_whisperx(self) -> dict[str, int | bool | None]:
+        return {"max_line_width": self.max_line_width, "max_line_count": self.max_line_count,
+                "highlight_words": self.highlight_words}
+
+
+def parse_subtitle_options(form: Mapping[str, str | None], query: Mapping[str, str]) -> SubtitleOptions:
+    return SubtitleOptions(
+        max_line_width=_count("max_line_width", _pick("max_line_width", form, query), 10_000),
+        max_line_count=_count("max_line_count", _pick("max_line_count", form, query), 1_000),
+        highlight_words=_flag("highlight_words", _pick("highlight_words", form, query), False),
+    )
+
+
+def parse_output_format(form: Mapping[str, str | None], query: Mapping[str, str]) -> str:
+    """/transcribe's ``output_format`` (422 on a bad value, like its other parameters)."""
+    value = (_pick("output_format", form, query) or "json").lower()
+    if value not in TRANSCRIBE_FORMATS:
+        raise InvalidParameter(
+            f"output_format must be one of {', '.join(TRANSCRIBE_FORMATS)}, got {value[:40]!r}",
+            param="output_format",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class OpenAIParams:
+    model: str
+    response_format: str
+    granularities: frozenset[str]
+    temperature: float
+    transcribe: TranscribeParams
+
+
+def parse_openai_params(
+    form: Mapping[str, str | None],
+    granularities: list[str],
+    *,
+    task: str,
+    served_models: Mapping[str, str],
+    max_speakers_limit: int,
+    default_zh_script: str,
+) -> OpenAIParams:
+    """OpenAI's audio fields; like OpenAI, a bad model is 404 and a bad value 400.
+
+    `served_models` maps each accepted model name (the store name, the ``whisper-1`` alias) to
+    the served model. Speakers are diarized for diarized_json or when a speaker count is given.
+    """
+    from .errors import ModelNotFound, UnsupportedValue
+
+    empty: dict[str, str] = {}
+    model = _pick("model", form, empty) or next(iter(served_models))
+    if model not in served_models:
+        raise ModelNotFound(
+            f"The model `{model[:60]}` does not exist; this service serves "
+            f"{', '.join(sorted(served_models))}", param="model",
+        )
+    response_format = (_pick("response_format", form, empty) or "json").lower()
+    allowed = OPENAI_FORMATS if task == "transcribe" else tuple(f for f in OPENAI_FORMATS if f != "diarized_json")
+    if response_format not in allowed:
+        raise UnsupportedValue(
+            f"response_format must be one of {', '.join(allowed)}, got {response_format[:40]!r}",
+            param="response_format",
+        )
+    wanted = {g.strip().lower() for g in granularities if g.strip()}
+    if not wanted <= GRANULARITIES:
+        raise UnsupportedValue(
+            f"timestamp_granularities[] takes word and segment, got {sorted(wanted - GRANULARITIES)}",
+            param="timestamp_granularities",
+        )
+    raw_temperature = _pick("temperature", form, empty) or "0"
+    try:
+        temperature = float(raw_temperature)
+    except ValueError:
+        raise UnsupportedValue(f"temperature must be a number, got {raw_temperature[:40]!r}",
+                               param="temperature") from None
+    if not 0.0 <= temperature <= 1.0:
+        raise UnsupportedValue(f"temperature must lie in 0..1, got {temperature}", param="temperature")
+    speaker_fields = ("num_speakers", "min_speakers", "max_speakers")
+    diarize = response_format == "diarized_json" or any(_pick(f, form, empty) for f in speaker_fields)
+    base = parse_transcribe_params(
+        {**{f: form.get(f) for f in (*speaker_fields, "language")},
+         "diarize": "true" if diarize else "false", "task": task},
+        empty, max_speakers_limit=max_speakers_limit, default_zh_script=default_zh_script,
+    )
+    prompt = _pick("prompt", form, empty)
+    return OpenAIParams(
+        model=model, response_format=response_format,
+        granularities=frozenset(wanted or {"segment"}), temperature=temperature,
+        transcribe=TranscribeParams(**{**base.__dict__, "prompt": prompt}),
     )

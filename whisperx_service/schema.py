@@ -7,8 +7,10 @@ The public response (`TranscriptionResponse`) is WhisperX's own result (``segmen
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+import numpy as np
+from bentoml.validators import TensorSchema
 from pydantic import BaseModel, Field
 
 
@@ -90,6 +92,37 @@ class AsrSegment(BaseModel):
     )
 
 
+class TimeSpan(BaseModel):
+    start: float
+    end: float
+
+
+class AsrPlan(BaseModel):
+    """What the ASR runner's first step finds: speech chunks (<= 30 s) and the language."""
+
+    chunks: list[TimeSpan]
+    language: str
+    language_probability: float | None = None
+    model: str
+
+
+class ChunkJob(BaseModel):
+    """One speech chunk to decode. Chunks of all in-flight requests are batched together."""
+
+    audio: Annotated[np.ndarray, TensorSchema(format="numpy-array", dtype="float32")]
+    offset: float = Field(description="Where the chunk starts in its recording, seconds.")
+    language: str
+    task: str = "transcribe"
+    initial_prompt: str | None = None
+    word_timestamps: bool = Field(False, description="Time the words with Whisper's cross-attention.")
+
+
+class ChunkText(BaseModel):
+    text: str
+    avg_logprob: float | None = None
+    words: list[Word] | None = None
+
+
 class AsrResult(BaseModel):
     segments: list[AsrSegment]
     language: str
@@ -111,3 +144,132 @@ class AlignResult(BaseModel):
 def segments_as_dicts(segments: list[Segment]) -> list[dict[str, Any]]:
     """WhisperX's functions take and return plain dicts; drop unset keys the way WhisperX does."""
     return [s.model_dump(exclude_none=True) for s in segments]
+
+
+# --- OpenAI-compatible shapes (/v1/audio/*), language identification, async jobs ---------------
+
+
+class UsageDuration(BaseModel):
+    type: str = "duration"
+    seconds: float
+
+
+class OpenAITranscription(BaseModel):
+    """response_format=json: OpenAI's `Transcription`."""
+
+    text: str = Field(examples=["And so, my fellow Americans, ask not what your country can do for you."])
+    usage: UsageDuration | None = None
+
+
+class OpenAISegment(BaseModel):
+    """One segment of verbose_json, OpenAI's `TranscriptionSegment` (plus the speaker when known)."""
+
+    id: int
+    seek: int = Field(description="Start of the segment in 10-ms frames.")
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list, description="Not kept by this service: always empty.")
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = Field(0.0, description="Not computed by whisperx's batched decoder: 0.")
+    speaker: str | None = None
+
+
+class OpenAIWord(BaseModel):
+    word: str
+    start: float
+    end: float
+    speaker: str | None = None
+
+
+class OpenAIVerboseTranscription(BaseModel):
+    """response_format=verbose_json: OpenAI's `TranscriptionVerbose`."""
+
+    task: str = Field(examples=["transcribe"])
+    language: str = Field(description="The language's English name, as OpenAI writes it.", examples=["english"])
+    duration: float
+    text: str
+    segments: list[OpenAISegment] | None = None
+    words: list[OpenAIWord] | None = None
+    usage: UsageDuration | None = None
+
+
+class OpenAIDiarizedSegment(BaseModel):
+    id: str = Field(examples=["seg_0"])
+    type: str = "transcript.text.segment"
+    start: float
+    end: float
+    text: str
+    speaker: str = Field(description="A, B, C... in order of first appearance.", examples=["A"])
+
+
+class OpenAIDiarizedTranscription(BaseModel):
+    """response_format=diarized_json: OpenAI's `TranscriptionDiarized`."""
+
+    task: str = "transcribe"
+    duration: float
+    text: str
+    segments: list[OpenAIDiarizedSegment]
+    usage: UsageDuration | None = None
+
+
+class ModelCard(BaseModel):
+    id: str = Field(examples=["whisper-base"])
+    object: str = "model"
+    created: int = Field(description="Unix time the model was stored in the model store.")
+    owned_by: str = "whisperx-service"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class LanguageProbability(BaseModel):
+    language: str = Field(examples=["en"])
+    probability: float = Field(examples=[0.97])
+
+
+class LanguageDetection(BaseModel):
+    """What the ASR runner hears in the first 30 s."""
+
+    language: str = Field(examples=["en"])
+    probability: float = Field(examples=[0.97])
+    alternatives: list[LanguageProbability] = Field(
+        default_factory=list, description="The most likely languages, best first (the top one included)."
+    )
+
+
+class DetectLanguageResponse(LanguageDetection):
+    language_name: str = Field(examples=["english"])
+    analysed_seconds: float = Field(description="How much audio was used (at most the first 30 s).")
+    duration: float = Field(description="Length of the whole decoded recording, seconds.")
+    model: str
+    request_id: str | None = None
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+class JobProgress(BaseModel):
+    """Where an async job stands (GET /jobs/{task_id}); enough for a progress bar."""
+
+    task_id: str
+    kind: str = Field(description="transcribe (seed shape) or transcription (OpenAI shape).")
+    state: JobState
+    stage: str = Field(description="queued, decode, asr, align, speakers, render, done or failed.",
+                       examples=["asr"])
+    audio_seconds: float | None = Field(None, description="Length of the recording once decoded.")
+    transcribed_seconds: float = Field(0.0, description="Audio transcribed so far.")
+    fraction: float = Field(0.0, ge=0.0, le=1.0, description="transcribed_seconds / audio_seconds.",
+                            examples=[0.4])
+    created_at: float = Field(description="Unix time.")
+    updated_at: float
+    error: dict[str, Any] | None = Field(None, description="OpenAI's error envelope when the job failed.")
+    result_url: str = Field(description="Where the result is fetched once state is completed (or failed).")

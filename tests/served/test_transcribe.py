@@ -172,3 +172,24 @@ def test_seed_request_shape(served: Served) -> None:
 
 def test_no_secret_in_logs(served: Served) -> None:
     assert "hf_secret_should_never_be_logged" not in served.log()
+
+
+def test_interleaved_concurrent_requests_keep_their_own_chunks(served: Served) -> None:
+    """English and Mandarin requests in flight together share ASR batches; none gets another's text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    utt, reference = next(iter(aishell_references().items()))
+    zh_path = AISHELL_DIR / f"{utt}.wav"
+    order = [JFK_FLAC, zh_path, JFK_FLAC, zh_path, JFK_FLAC, zh_path]
+    with ThreadPoolExecutor(len(order)) as pool:
+        results = list(pool.map(lambda p: transcribe(served, p, diarize="false"), order))
+    for path, result in zip(order, results, strict=True):
+        if path == JFK_FLAC:
+            assert result["language"] == "en"
+            text = " ".join(s["text"] for s in result["segments"])
+            assert word_error_rate(JFK_REFERENCE.read_text(), text) <= 0.15, text
+        else:
+            assert result["language"] == "zh"
+            text = "".join(s["text"] for s in result["segments"])
+            assert character_error_rate(reference, text) <= AISHELL_CER_BOUND, text
+        check_word_invariants(result)

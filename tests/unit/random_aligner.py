@@ -20,7 +20,8 @@ import numpy as np
 from tests.data import JFK_REFERENCE, SHARED_DATA
 
 
-def build_random_wav2vec2(dest: Path) -> None:
+def build_random_wav2vec2(dest: Path, *, base_size: bool = False) -> None:
+    """Random weights; `base_size` gives wav2vec2-base's shape (95 M parameters) for timing."""
     import torch
     from transformers import (
         Wav2Vec2Config,
@@ -40,11 +41,14 @@ def build_random_wav2vec2(dest: Path) -> None:
     extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True,
                                          return_attention_mask=False)
     Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(dest)
-    config = Wav2Vec2Config(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4, pad_token_id=0,
-    )
+    if base_size:
+        config = Wav2Vec2Config(vocab_size=len(vocab), pad_token_id=0)
+    else:
+        config = Wav2Vec2Config(
+            vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4, pad_token_id=0,
+        )
     Wav2Vec2ForCTC(config).eval().save_pretrained(dest)
 
 

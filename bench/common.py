@@ -1,0 +1,72 @@
+"""Shared pieces of the benchmarks: serving the graph on a free port, measuring memory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+PROJECT = Path(__file__).resolve().parents[1]
+if str(PROJECT) not in sys.path:
+    sys.path.insert(0, str(PROJECT))
+
+from tests.procs import stop_tree  # noqa: E402
+
+__all__ = ["PROJECT", "TreeMemory", "free_port", "serve_graph", "stop_tree"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TreeMemory(threading.Thread):
+    """Samples the RSS of a process and its children every 0.5 s; keeps the peak of the sum."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.peak_mib = 0.0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.5):
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in procs if p.is_running())
+            except psutil.Error:
+                continue
+            self.peak_mib = max(self.peak_mib, total / 2**20)
+
+
+def serve_graph(env: dict[str, str], timeout_s: float = 600) -> tuple[subprocess.Popen[bytes], str, float, TreeMemory]:
+    """Start `bentoml serve service:Gateway`; return (process, url, seconds to ready, memory probe)."""
+    port = free_port()
+    bentoml = Path(sys.executable).parent / "bentoml"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", "service:Gateway", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=PROJECT, env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    memory = TreeMemory(proc.pid)
+    memory.start()
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url, time.monotonic() - started, memory
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() - started > timeout_s:
+            stop_tree(proc)
+            raise RuntimeError("the served graph did not become ready")
+        time.sleep(0.5)

@@ -1,0 +1,1 @@
+"""Deployment pieces: the one-component entry point, the compose file and Kubernetes manifests."""

@@ -1,0 +1,205 @@
+"""Output writers shared by /transcribe and the OpenAI-compatible /v1/audio/* endpoints.
+
+Text, SRT, VTT and TSV come from whisperx's own writers (`whisperx.utils.WriteTXT`, `WriteSRT`,
+`WriteVTT`, `WriteTSV`: speaker prefixes ``[SPEAKER_00]: ``, max line width/count, highlighted
+words); the JSON shapes are the pydantic models of `schema.py`. Each function takes the one
+`TranscriptionResponse` the pipeline produced.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from whisperx.utils import (
+    LANGUAGES,
+    LANGUAGES_WITHOUT_SPACES,
+    ResultWriter,
+    SubtitlesWriter,
+    WriteSRT,
+    WriteTSV,
+    WriteTXT,
+    WriteVTT,
+    compression_ratio,
+)
+
+from .params import SubtitleOptions
+from .schema import (
+    OpenAIDiarizedSegment,
+    OpenAIDiarizedTranscription,
+    OpenAISegment,
+    OpenAITranscription,
+    OpenAIVerboseTranscription,
+    OpenAIWord,
+    TranscriptionResponse,
+    UsageDuration,
+    segments_as_dicts,
+)
+
+MEDIA_TYPES = {
+    "json": "application/json",
+    "verbose_json": "application/json",
+    "diarized_json": "application/json",
+    "text": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "tsv": "text/tab-separated-values; charset=utf-8",
+}
+
+
+def speaker_runs(segments: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive segments of one speaker."""
+    runs: list[list[dict[str, Any]]] = []
+    for segment in segments:
+        if runs and runs[-1][-1].get("speaker") == segment.get("speaker"):
+            runs[-1].append(segment)
+        else:
+            runs.append([segment])
+    return runs
+
+
+class _BySpeaker(SubtitlesWriter):
+    """whisperx's cue building run per speaker turn.
+
+    With max_line_width and max_line_count whisperx packs words across segments and labels a
+    cue with its first word's speaker; per turn, a cue never mixes two speakers.
+    """
+
+    def iterate_result(self, result: dict[str, Any], options: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+        for run in speaker_runs(result["segments"]):
+            yield from super().iterate_result({**result, "segments": run}, options)
+
+
+class _SRT(_BySpeaker, WriteSRT):
+    pass
+
+
+class _VTT(_BySpeaker, WriteVTT):
+    pass
+
+
+_WRITERS: dict[str, type[ResultWriter]] = {"text": WriteTXT, "srt": _SRT, "vtt": _VTT, "tsv": WriteTSV}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    body: str
+    media_type: str
+
+
+def whisperx_result(response: TranscriptionResponse) -> dict[str, Any]:
+    """The dict whisperx's writers read: segments (words with times, speakers), language.
+
+    whisperx cues on words when the first segment has a ``words`` key; a segment without timed
+    words would lose its text there, so then every segment is written whole instead.
+    """
+    segments = segments_as_dicts(response.segments)
+    for segment in segments:
+        segment["words"] = [w for w in segment.get("words", []) if "start" in w and "end" in w]
+    if not all(segment["words"] for segment in segments):
+        for segment in segments:
+            segment.pop("words", None)
+    return {"segments": segments, "language": response.language}
+
+
+def write_with_whisperx(response: TranscriptionResponse, fmt: str, options: SubtitleOptions) -> str:
+    """text, srt, vtt or tsv through whisperx's writer of that format."""
+    writer = _WRITERS[fmt](output_dir=".")  # output_dir unused: we write to a buffer
+    buffer = io.StringIO()
+    writer.write_result(whisperx_result(response), file=buffer, options=options.as_whisperx())
+    return buffer.getvalue()
+
+
+def full_text(response: TranscriptionResponse) -> str:
+    joiner = "" if response.language in LANGUAGES_WITHOUT_SPACES else " "
+    return joiner.join(s.text.strip() for s in response.segments if s.text.strip())
+
+
+def render_transcribe(response: TranscriptionResponse, fmt: str, options: SubtitleOptions) -> Rendered:
+    """/transcribe's output_format (json is the response model itself, not rendered here)."""
+    return Rendered(write_with_whisperx(response, fmt, options), MEDIA_TYPES[fmt])
+
+
+def _usage(response: TranscriptionResponse) -> UsageDuration:
+    return UsageDuration(seconds=response.duration)
+
+
+def openai_json(response: TranscriptionResponse) -> OpenAITranscription:
+    return OpenAITranscription(text=full_text(response), usage=_usage(response))
+
+
+def openai_verbose(
+    response: TranscriptionResponse, *, task: str, granularities: frozenset[str], temperature: float
+) -> OpenAIVerboseTranscription:
+    segments = None
+    if "segment" in granularities:
+        segments = [
+            OpenAISegment(
+                id=i, seek=int(round(s.start * 100)), start=s.start, end=s.end, text=s.text,
+                temperature=temperature, avg_logprob=s.avg_logprob or 0.0,
+                compression_ratio=round(compression_ratio(s.text), 3) if s.text else 0.0,
+                speaker=s.speaker,
+            )
+            for i, s in enumerate(response.segments)
+        ]
+    words = None
+    if "word" in granularities:
+        words = [
+            OpenAIWord(word=w.word, start=w.start, end=w.end, speaker=w.speaker)
+            for w in response.word_segments
+            if w.start is not None and w.end is not None
+        ]
+    return OpenAIVerboseTranscription(
+        task="translate" if task == "translate" else "transcribe",
+        language=LANGUAGES.get(response.language, response.language), duration=response.duration,
+        text=full_text(response), segments=segments, words=words, usage=_usage(response),
+    )
+
+
+def speaker_letters(speakers: list[str]) -> dict[str, str]:
+    """OpenAI labels speakers A, B, C... in order of first appearance (then AA, AB...)."""
+    letters: dict[str, str] = {}
+    for speaker in speakers:
+        if speaker not in letters:
+            n, label = len(letters), ""
+            while True:
+                label = chr(ord("A") + n % 26) + label
+                n = n // 26 - 1
+                if n < 0:
+                    break
+            letters[speaker] = label
+    return letters
+
+
+def openai_diarized(response: TranscriptionResponse) -> OpenAIDiarizedTranscription:
+    labels = speaker_letters([s.speaker for s in response.segments if s.speaker])
+    return OpenAIDiarizedTranscription(
+        duration=response.duration, text=full_text(response), usage=_usage(response),
+        segments=[
+            OpenAIDiarizedSegment(id=f"seg_{i}", start=s.start, end=s.end, text=s.text,
+                                  speaker=labels.get(s.speaker or "", "unknown"))
+            for i, s in enumerate(response.segments)
+        ],
+    )
+
+
+def render_openai(
+    response: TranscriptionResponse, fmt: str, *, task: str, granularities: frozenset[str],
+    temperature: float, options: SubtitleOptions | None = None,
+) -> Rendered:
+    """One of OpenAI's response formats (plus tsv)."""
+    if fmt == "json":
+        body = openai_json(response).model_dump_json(exclude_none=True)
+    elif fmt == "verbose_json":
+        body = openai_verbose(
+            response, task=task, granularities=granularities, temperature=temperature
+        ).model_dump_json(exclude_none=True)
+    elif fmt == "diarized_json":
+        body = openai_diarized(response).model_dump_json(exclude_none=True)
+    elif fmt == "text":
+        body = full_text(response) + "\n"  # OpenAI's text is the bare transcript
+    else:
+        body = write_with_whisperx(response, fmt, options or SubtitleOptions())
+    return Rendered(body, MEDIA_TYPES[fmt])
