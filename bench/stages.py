@@ -1,4 +1,5 @@
-"""Per-stage real-time factors of the served graph, its time to ready and its peak memory.
+"""Per-stage real-time factors and quality (WER/CER/DER) of the served graph, its time to ready
+and its peak memory.
 
     .venv/bin/python bench/stages.py [--asr-model whisper-base] [--repeat 2]
 
@@ -16,12 +17,28 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from common import serve_graph, stop_tree  # bench/ is on sys.path when run as a script
 
 from tests.composed import compose_meeting
-from tests.data import AISHELL_DIR, AMI_DIR, JFK_FLAC, PYANNOTE_SAMPLE
+from tests.data import (
+    AISHELL_DIR,
+    AMI_DIR,
+    AMI_RTTM,
+    AMI_UEM,
+    JFK_FLAC,
+    JFK_REFERENCE,
+    PYANNOTE_SAMPLE,
+    PYANNOTE_SAMPLE_RTTM,
+    aishell_references,
+    character_error_rate,
+    diarization_error_rate,
+    load_rttm,
+    load_uem,
+    word_error_rate,
+)
 
 log = logging.getLogger("bench.stages")
 
@@ -34,9 +51,23 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     meeting_dir = Path(tempfile.mkdtemp(prefix="bench-meeting-"))
-    meeting, _ = compose_meeting(meeting_dir)
-    files = [JFK_FLAC, AISHELL_DIR / "BAC009S0764W0121.wav", PYANNOTE_SAMPLE,
+    meeting, meeting_rttm = compose_meeting(meeting_dir)
+    zh_refs = aishell_references()
+    files = [JFK_FLAC, *(AISHELL_DIR / f"{utt}.wav" for utt in zh_refs), PYANNOTE_SAMPLE,
              AMI_DIR / "dev00.wav", AMI_DIR / "dev01.wav", meeting]
+
+    def quality(path: Path, body: dict[str, Any]) -> dict[str, float]:
+        """WER / CER / DER of one response against the recording's reference."""
+        turns = [(t["start"], t["end"], t["speaker"]) for t in body["diarization"]["speaker_turns"]]
+        if path == JFK_FLAC:
+            return {"wer": word_error_rate(JFK_REFERENCE.read_text(), " ".join(x["text"] for x in body["segments"]))}
+        if path.stem in zh_refs:
+            return {"cer": character_error_rate(zh_refs[path.stem], "".join(x["text"] for x in body["segments"]))}
+        if path == PYANNOTE_SAMPLE:
+            return {"der": diarization_error_rate(load_rttm(PYANNOTE_SAMPLE_RTTM), turns)}
+        if path == meeting:
+            return {"der": diarization_error_rate(load_rttm(meeting_rttm), turns)}
+        return {"der": diarization_error_rate(load_rttm(AMI_RTTM, path.stem), turns, load_uem(AMI_UEM, path.stem))}
 
     proc, url, ready_s, memory = serve_graph({"WXS_ASR_MODEL": args.asr_model})
     try:
@@ -52,14 +83,17 @@ def main() -> None:
                     body = r.json()
                     dur = body["duration"]
                     stage = {k: v["end"] - v["start"] for k, v in body["timings"].items()}
-                    rows.append({"file": path.name, "audio_s": dur, "wall_s": round(wall, 2),
+                    scores = {k: round(v, 3) for k, v in quality(path, body).items()}
+                    rows.append({"file": path.name, "audio_s": dur, "wall_s": round(wall, 2), **scores,
+                                 "speakers": body["diarization"]["num_speakers"],
                                  "rtf_total": round(wall / dur, 3),
                                  **{f"rtf_{k}": round(v / dur, 3) for k, v in stage.items()}})
     finally:
         memory.stop_event.set()
         stop_tree(proc)
 
-    keys = ["file", "audio_s", "wall_s", "rtf_total", "rtf_decode", "rtf_asr", "rtf_diarize", "rtf_align"]
+    keys = ["file", "audio_s", "wall_s", "rtf_total", "rtf_decode", "rtf_asr", "rtf_diarize", "rtf_align",
+            "wer", "cer", "der", "speakers"]
     log.info(" | ".join(keys))
     for row in rows:
         log.info(" | ".join(str(row.get(k, "-")) for k in keys))
