@@ -16,7 +16,6 @@ directory, which is one of two kinds:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import yaml
 
+from models.catalog import sha256_file
 from whisperx_service.schema import SpeakerTurn
 
 if TYPE_CHECKING:
@@ -160,14 +160,6 @@ def finalize_turns(raw: Iterable[tuple[float, float, str]], *, join_gap: float =
         label = names.setdefault(speaker, f"SPEAKER_{len(names):02d}")
         out.append(SpeakerTurn(start=round(start, 3), end=round(end, 3), speaker=label))
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- CAM++ as a pyannote.audio embedding model --------------------------------------------------
@@ -316,7 +308,7 @@ def build_default_pipeline_dir(
     }
     (dest / PIPELINE_YAML).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return {
-        path.relative_to(dest).as_posix(): _sha256(path) for path in sorted(dest.rglob("*")) if path.is_file()
+        path.relative_to(dest).as_posix(): sha256_file(path) for path in sorted(dest.rglob("*")) if path.is_file()
     }
 
 
