@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from runners.align import Aligner
 from runners.asr import ASR
 from runners.diarize import Diarizer
+from whisperx_service.assemble import sentences_from_whisper_words, word_segments
 from whisperx_service.audio import SAMPLE_RATE, decode_audio
 from whisperx_service.chinese import convert_asr_segments
 from whisperx_service.config import get_settings
@@ -59,9 +60,6 @@ from whisperx_service.schema import (
     WordTimestampMethod,
 )
 from whisperx_service.writers import MEDIA_TYPES, render_transcribe
-
-with bentoml.importing():
-    from whisperx_service.assemble import assign_speakers, sentences_from_whisper_words, word_segments
 
 logger = logging.getLogger("whisperx_service.gateway")
 settings = get_settings()
@@ -253,7 +251,8 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         segments, alignment = await self._timed_words(audio, asr, aligned_languages, clock, request_id)
         if diarization is not None:
             result = DiarizationResult.model_validate(diarization)
-            segments = assign_speakers(segments, result.turns)
+            labelled = await clock.run("assign", self.diarizer.to_async.assign(segments=segments, turns=result.turns))
+            segments = [Segment.model_validate(s) for s in labelled]
             diarization_info = DiarizationInfo(
                 enabled=True, backend=result.backend, num_speakers=result.num_speakers,
                 speaker_turns=result.turns,

@@ -22,10 +22,8 @@ from whisperx_service.config import get_settings
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import AlignResult, AsrSegment, Segment, Word
 
-with bentoml.importing():
-    import nltk
-    import torch
-    import whisperx
+# nltk, torch and whisperx are imported where they are used: every process of the graph imports
+# this module, and only the alignment runner should pay for them.
 
 logger = logging.getLogger("whisperx_service.align")
 settings = get_settings()
@@ -51,6 +49,9 @@ class Aligner:
     nltk_data = BentoModel(catalog.NLTK_MODEL)
 
     def __init__(self) -> None:
+        import nltk
+        import torch
+
         configure_logging()
         nltk.data.path.insert(0, self.nltk_data.path)
         torch.set_num_threads(settings.align_threads)
@@ -68,6 +69,8 @@ class Aligner:
     def _model_for(self, language: str) -> tuple[Any, dict[str, Any], str]:
         with self._lock:
             if language not in self._loaded:
+                import whisperx
+
                 stored = getattr(self, _MODEL_ATTR + language.replace("-", "_"))
                 started = time.perf_counter()
                 model, metadata = whisperx.load_align_model(
@@ -96,6 +99,9 @@ class Aligner:
             model, metadata, tag = self._model_for(language)
             started = time.perf_counter()
             transcript = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
+            import torch
+            import whisperx
+
             with torch.inference_mode():
                 aligned = whisperx.align(
                     transcript, model, metadata, np.asarray(audio, dtype=np.float32),

@@ -14,12 +14,13 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
+from whisperx_service.audio import SAMPLE_RATE
 from whisperx_service.config import get_settings
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import (
@@ -32,12 +33,13 @@ from whisperx_service.schema import (
     Word,
 )
 
-with bentoml.importing():
-    import ctranslate2
-    import whisperx
+if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
-    from whisperx.audio import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
-    from whisperx.vads import Pyannote
+
+# whisperx, faster-whisper and ctranslate2 are imported where they are used, not here: every
+# process of the graph (the arbiter, the gateway, each runner) imports this module, and only the
+# ASR runner should pay their ~0.9 GiB.
+WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's input window (whisperx.audio.N_SAMPLES)
 
 logger = logging.getLogger("whisperx_service.asr")
 settings = get_settings()
@@ -53,6 +55,8 @@ class ASR:
     whisper_model = BentoModel(settings.asr_model)
 
     def __init__(self) -> None:
+        import whisperx
+
         configure_logging()
         started = time.perf_counter()
         self.device = settings.resolved_device()
@@ -79,15 +83,19 @@ class ASR:
     # --- helpers -------------------------------------------------------------------------------
 
     def _features(self, chunk: np.ndarray) -> np.ndarray:
-        padding = max(0, N_SAMPLES - chunk.shape[0])
-        mel = log_mel_spectrogram(chunk[:N_SAMPLES], n_mels=self.n_mels, padding=padding)
+        from whisperx.audio import log_mel_spectrogram
+
+        padding = max(0, WINDOW_SAMPLES - chunk.shape[0])
+        mel = log_mel_spectrogram(chunk[:WINDOW_SAMPLES], n_mels=self.n_mels, padding=padding)
         return np.asarray(mel, dtype=np.float32)
 
     def _ranked_languages(self, audio: np.ndarray) -> list[tuple[str, float]]:
-        encoder_output = self.whisper.encode(self._features(np.ascontiguousarray(audio[:N_SAMPLES])))
+        encoder_output = self.whisper.encode(self._features(np.ascontiguousarray(audio[:WINDOW_SAMPLES])))
         return [(token[2:-2], float(p)) for token, p in self.whisper.model.detect_language(encoder_output)[0]]
 
     def _tokenizer(self, language: str, task: str) -> Tokenizer:
+        from faster_whisper.tokenizer import Tokenizer
+
         key = (language, task)
         if key not in self._tokenizers:
             self._tokenizers[key] = Tokenizer(
@@ -99,10 +107,8 @@ class ASR:
         """whisperx's VAD + merge_chunks, exactly as its pipeline does before decoding."""
         vad = self.pipeline.vad_model
         params = self.pipeline._vad_params
-        waveform = vad.preprocess_audio(audio) if hasattr(vad, "preprocess_audio") else Pyannote.preprocess_audio(audio)
-        merge = vad.merge_chunks if hasattr(vad, "merge_chunks") else Pyannote.merge_chunks
-        segments = vad({"waveform": waveform, "sample_rate": SAMPLE_RATE})
-        merged = merge(segments, params.get("chunk_size", 30), onset=params["vad_onset"], offset=params["vad_offset"])
+        segments = vad({"waveform": vad.preprocess_audio(audio), "sample_rate": SAMPLE_RATE})
+        merged = vad.merge_chunks(segments, params.get("chunk_size", 30), onset=params["vad_onset"], offset=params["vad_offset"])
         return [TimeSpan(start=round(s["start"], 3), end=round(s["end"], 3)) for s in merged]
 
     # --- APIs ----------------------------------------------------------------------------------
@@ -207,12 +213,14 @@ class ASR:
         One chunk at a time so that a chunk's timings never depend on which other chunks (of
         other requests) shared its batch; the encoder output of the batch is reused on CPU.
         """
+        import ctranslate2
+
         reusable = self.device == "cpu"
         encoded = np.array(encoder_output) if reusable else None
         hop = self.whisper.feature_extractor.hop_length
         out: list[list[Word] | None] = []
         for i, (job, toks) in enumerate(zip(batch, tokens, strict=True)):
-            n = min(np.asarray(job.audio).shape[0], N_SAMPLES)
+            n = min(np.asarray(job.audio).shape[0], WINDOW_SAMPLES)
             # ctranslate2's align takes the encoder output or, on GPU here, the mel features.
             item = ctranslate2.StorageView.from_array(encoded[i:i + 1] if encoded is not None else features[i:i + 1])
             sub: dict[str, Any] = {"tokens": toks, "seek": 0, "start": 0.0, "end": n / SAMPLE_RATE}

@@ -15,9 +15,10 @@ import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
+from whisperx_service.assemble import assign_speakers
 from whisperx_service.config import DiarizationBackend, get_settings
 from whisperx_service.logs import bind_request_id, configure_logging
-from whisperx_service.schema import DiarizationResult
+from whisperx_service.schema import DiarizationResult, Segment, SpeakerTurn
 
 with bentoml.importing():
     from whisperx_service.diarization import load_backend
@@ -68,3 +69,9 @@ class Diarizer:
             logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
                         audio.shape[0] / 16000, len(turns), speakers, time.perf_counter() - started)
             return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=speakers)
+
+    @bentoml.api
+    def assign(self, segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
+        """whisperx's assign_word_speakers over timed segments: here, so that the gateway never
+        loads torch/pyannote (whisperx.diarize imports them) just to label words."""
+        return assign_speakers(segments, turns)
