@@ -71,7 +71,10 @@ class Diarizer:
             return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=speakers)
 
     @bentoml.api
-    def assign(self, segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
+    async def assign(self, segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
         """whisperx's assign_word_speakers over timed segments: here, so that the gateway never
-        loads torch/pyannote (whisperx.diarize imports them) just to label words."""
+        loads torch/pyannote (whisperx.diarize imports them) just to label words.
+
+        async on purpose: a sync API would queue behind other requests' `diarize` calls in the
+        runner's one worker thread; this takes milliseconds, so it runs on the event loop."""
         return assign_speakers(segments, turns)
