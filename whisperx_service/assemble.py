@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import AsrSegment, Segment, SpeakerTurn, Word
+from .schema import AsrSegment, Segment, SpeakerTurn, Word, segments_as_dicts
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
 
@@ -57,7 +57,7 @@ def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[S
     from whisperx.diarize import assign_word_speakers
 
     frame = pd.DataFrame([t.model_dump() for t in turns], columns=["start", "end", "speaker"])
-    result: dict[str, Any] = {"segments": [s.model_dump(exclude_none=True) for s in segments]}
+    result: dict[str, Any] = {"segments": segments_as_dicts(segments)}
     labelled = assign_word_speakers(frame, result, fill_nearest=True)
     return [Segment.model_validate(s) for s in labelled["segments"]]
 

@@ -15,10 +15,6 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def current_request_id() -> str:
-    return _request_id.get()
-
-
 @contextmanager
 def bind_request_id(request_id: str | None) -> Iterator[None]:
     token = _request_id.set(request_id or "-")
