@@ -18,24 +18,31 @@ from typing import Annotated, Any, TypeVar
 
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runners.align import Aligner
 from runners.asr import ASR
 from runners.diarize import Diarizer
 from whisperx_service.assemble import sentences_from_whisper_words, word_segments
-from whisperx_service.audio import SAMPLE_RATE, decode_audio
+from whisperx_service.audio import SAMPLE_RATE, check_upload_type, decode_audio
 from whisperx_service.chinese import convert_asr_segments
 from whisperx_service.config import get_settings
 from whisperx_service.errors import (
     MissingFile,
     PayloadTooLarge,
     ServiceError,
+    from_http_exception,
+    is_transient_transport_error,
     map_stage_error,
 )
+from whisperx_service.guard import GatewayGuard
 from whisperx_service.jobs import JobRecord, JobTasks, jobs_router
+from whisperx_service.lifecycle import GATEWAY_SERVICE_NAME, Lifecycle
 from whisperx_service.logs import bind_request_id, configure_logging, new_request_id
+from whisperx_service.metrics import GatewayMetrics
 from whisperx_service.openai_api import openai_router
 from whisperx_service.params import (
     TranscribeParams,
@@ -75,17 +82,12 @@ app.include_router(jobs_router)  # GET /jobs/{task_id}: progress of async jobs
 
 @app.exception_handler(ServiceError)
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status_code)
+    return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers())
 
 
-@app.middleware("http")
-async def _limit_upload_size(request: Request, call_next: Any) -> Any:
-    length = request.headers.get("content-length")
-    limit = settings.max_upload_mb * 1024 * 1024
-    if length is not None and length.isdigit() and int(length) > limit:
-        err = PayloadTooLarge(f"upload is larger than {settings.max_upload_mb} MiB", param="audio_file")
-        return JSONResponse(err.to_body(), status_code=err.status_code)
-    return await call_next(request)
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return await _service_error(request, from_http_exception(exc.status_code, exc.detail))
 
 
 class StageClock:
@@ -108,8 +110,25 @@ class StageClock:
             self.stages[stage] = StageTiming(start=start, end=self.now())
 
 
+RUNNER_CALL_ATTEMPTS = 3
+
+
+async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
+    """One runner call, sent again (up to 3 times) when its connection died before an answer."""
+    for attempt in range(1, RUNNER_CALL_ATTEMPTS + 1):
+        try:
+            return await call()
+        except Exception as exc:  # noqa: BLE001 - only transport deaths are retried; the rest re-raised
+            if attempt == RUNNER_CALL_ATTEMPTS or not is_transient_transport_error(exc):
+                raise
+            logger.warning("runner connection lost (%s); sending the call again", type(exc).__name__)
+            await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
 async def _spool_upload(upload: UploadFile) -> Path:
     """Copy the upload to our own temp file in 1 MiB blocks (never whole into memory)."""
+    check_upload_type(upload.content_type, settings.accepted_upload_types)
     handle = tempfile.NamedTemporaryFile(
         prefix="wxs-upload-", dir=settings.tmp_dir, delete=False
     )
@@ -143,7 +162,7 @@ async def decode_upload(upload: UploadFile, clock: StageClock) -> np.ndarray:
 
 
 @bentoml.service(
-    name="whisperx",
+    name=GATEWAY_SERVICE_NAME,
     workers=1,
     traffic={"timeout": settings.stage_timeout_s + 60},
 )
@@ -156,10 +175,15 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
     def __init__(self) -> None:
         configure_logging()
         self._aligned_languages: list[str] | None = None
+        self.metrics = GatewayMetrics()
+        self.lifecycle = Lifecycle(max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
+                                   grace_s=settings.shutdown_grace_s)
+        self.lifecycle.on_change = self.metrics.in_flight.set
+        self.lifecycle.install_drain_on_sigterm()
 
     async def _alignment_languages(self) -> list[str]:
         if self._aligned_languages is None:
-            self._aligned_languages = list(await self.aligner.to_async.languages())
+            self._aligned_languages = list(await call_runner(lambda: self.aligner.to_async.languages()))
         return self._aligned_languages
 
     @app.post("/transcribe", response_model=TranscriptionResponse, responses={200: {"content": {
@@ -236,10 +260,10 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
             on_chunk=progress.transcribed if progress is not None else None,
         ))
         if params.diarize:
-            diarize_call = clock.run("diarize", self.diarizer.to_async.diarize(
+            diarize_call = clock.run("diarize", call_runner(lambda: self.diarizer.to_async.diarize(
                 audio=audio, num_speakers=params.num_speakers, min_speakers=params.min_speakers,
                 max_speakers=params.max_speakers, request_id=request_id,
-            ))
+            )))
             asr_result, diarization = await _gather_both(asr_call, diarize_call)
         else:
             asr_result, diarization = await asr_call, None
@@ -251,12 +275,16 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         segments, alignment = await self._timed_words(audio, asr, aligned_languages, clock, request_id)
         if diarization is not None:
             result = DiarizationResult.model_validate(diarization)
-            labelled = await clock.run("assign", self.diarizer.to_async.assign(segments=segments, turns=result.turns))
+            labelled = await clock.run("assign", call_runner(
+                lambda: self.diarizer.to_async.assign(segments=segments, turns=result.turns)))
             segments = [Segment.model_validate(s) for s in labelled]
             diarization_info = DiarizationInfo(
                 enabled=True, backend=result.backend, num_speakers=result.num_speakers,
                 speaker_turns=result.turns,
             )
+        for stage, timing in clock.stages.items():
+            self.metrics.stage(stage, timing.end - timing.start)
+        self.metrics.audio_seconds.inc(duration)
         return TranscriptionResponse(
             segments=segments, word_segments=word_segments(segments), language=asr.language,
             language_probability=asr.language_probability, duration=duration,
@@ -273,8 +301,8 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher;
         a semaphore bounds how many chunks one request has in flight (memory, fairness).
         """
-        plan = AsrPlan.model_validate(await self.asr.to_async.plan(
-            audio=audio, language=params.language, request_id=request_id))
+        plan = AsrPlan.model_validate(await call_runner(lambda: self.asr.to_async.plan(
+            audio=audio, language=params.language, request_id=request_id)))
         want_words = plan.language not in aligned_languages
         in_flight = asyncio.Semaphore(2 * settings.asr_batch_size)
         done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
@@ -287,7 +315,7 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
                 initial_prompt=params.prompt, word_timestamps=want_words,
             )
             async with in_flight:
-                (text,) = await self.asr.to_async.decode([job])
+                (text,) = await call_runner(lambda: self.asr.to_async.decode([job]))
             if on_chunk is not None:  # progress in audio seconds, by the share of speech decoded
                 done += span.end - span.start
                 on_chunk(audio.shape[0] / SAMPLE_RATE * done / speech)
@@ -309,9 +337,9 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         if not asr.segments:
             return [], AlignmentInfo(method=WordTimestampMethod.none, note="no speech found")
         if asr.language in aligned_languages:
-            aligned = await clock.run("align", self.aligner.to_async.align(
+            aligned = await clock.run("align", call_runner(lambda: self.aligner.to_async.align(
                 audio=audio, segments=asr.segments, language=asr.language, request_id=request_id,
-            ))
+            )))
             aligned = AlignResult.model_validate(aligned)
             return list(aligned.segments), AlignmentInfo(
                 method=WordTimestampMethod.wav2vec2, model=aligned.model
@@ -322,6 +350,19 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
             note=f"no wav2vec2 alignment model for {asr.language!r}: "
                  "word timestamps come from Whisper's cross-attention",
         )
+
+
+def _current_gateway() -> Gateway | None:
+    """The gateway instance of this worker, once BentoML has made it (None while starting)."""
+    try:
+        return bentoml.get_current_service()  # type: ignore[no-any-return]
+    except BentoMLException:
+        return None
+
+
+# Auth, size limits, content types, admission and drain, in front of every route (module doc of guard).
+Gateway.add_asgi_middleware(  # type: ignore[attr-defined]  # a bentoml Service at runtime
+    GatewayGuard, settings=settings, gateway=_current_gateway)
 
 
 async def _gather_both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:

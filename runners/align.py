@@ -19,6 +19,7 @@ from bentoml.models import BentoModel
 
 from models import catalog
 from whisperx_service.config import get_settings
+from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import AlignResult, AsrSegment, Segment, Word
 
@@ -53,6 +54,7 @@ class Aligner:
         import torch
 
         configure_logging()
+        outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         nltk.data.path.insert(0, self.nltk_data.path)
         torch.set_num_threads(settings.align_threads)
         self.device = settings.resolved_device()

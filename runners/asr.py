@@ -22,6 +22,7 @@ from bentoml.models import BentoModel
 
 from whisperx_service.audio import SAMPLE_RATE
 from whisperx_service.config import get_settings
+from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import (
     AsrPlan,
@@ -58,6 +59,7 @@ class ASR:
         import whisperx
 
         configure_logging()
+        outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         started = time.perf_counter()
         self.device = settings.resolved_device()
         self.model_tag = str(self.whisper_model.tag)

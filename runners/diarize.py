@@ -17,6 +17,7 @@ from bentoml.models import BentoModel
 
 from whisperx_service.assemble import assign_speakers
 from whisperx_service.config import DiarizationBackend, get_settings
+from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import DiarizationResult, Segment, SpeakerTurn
 
@@ -40,6 +41,7 @@ class Diarizer:
 
     def __init__(self) -> None:
         configure_logging()
+        outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         started = time.perf_counter()
         model_dir = Path(self.pipeline_model.path) if _uses_pipeline_dir else None
         self.backend = load_backend(

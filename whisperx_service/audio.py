@@ -13,13 +13,31 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AudioTooLong, EmptyUpload, InvalidAudio
+from .errors import AudioTooLong, EmptyUpload, InvalidAudio, UnsupportedMediaType
 
 SAMPLE_RATE = 16_000
 _BYTES_PER_SAMPLE = 2  # ffmpeg writes s16le; halves the pipe traffic of f32le
 _READ_CHUNK = 1 << 20
 
 logger = logging.getLogger(__name__)
+
+
+def check_upload_type(content_type: str | None, accepted: list[str]) -> None:
+    """415 for a file part that declares a type we do not decode (text/plain, image/png...).
+
+    A part that declares nothing passes: ffmpeg decides. Patterns are exact or `type/*`.
+    """
+    if not content_type:
+        return
+    declared = content_type.split(";")[0].strip().lower()
+    for pattern in accepted:
+        pattern = pattern.lower()
+        if declared == pattern or (pattern.endswith("/*") and declared.startswith(pattern[:-1])):
+            return
+    raise UnsupportedMediaType(
+        f"the uploaded file is declared as {declared[:80]!r}; send audio or video "
+        f"(accepted: {', '.join(accepted)})", param="audio_file",
+    )
 
 
 def ffmpeg_binary() -> str:

@@ -11,10 +11,10 @@ import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class DiarizationBackend(StrEnum):
@@ -82,6 +82,33 @@ class Settings(BaseSettings):
         None, description="Where uploads are spooled; the system temp dir when unset."
     )
 
+    accepted_upload_types: Annotated[list[str], NoDecode] = Field(
+        ["audio/*", "video/*", "application/octet-stream", "application/ogg", "application/mp4"],
+        description="Content types an uploaded file may declare (a part without one is accepted); "
+        "anything else (text/plain, image/png...) gets 415 before it is decoded.",
+    )
+
+    # --- admission, overload, shutdown ---
+    max_in_flight: int = Field(
+        16, ge=1,
+        description="Requests doing model work at once (async jobs included); more get 503 with "
+        "Retry-After at once instead of queueing towards a timeout.",
+    )
+    retry_after_s: int = Field(10, ge=1, description="Retry-After (seconds) sent with 503 answers.")
+    shutdown_grace_s: float = Field(
+        120.0, gt=0,
+        description="On SIGTERM: how long in-flight requests may take to finish before the gateway exits.",
+    )
+
+    # --- access ---
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [], description="Accepted API keys (Authorization: Bearer), comma-separated. "
+        "No keys (and no key file): the API is open.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file with one accepted API key per line (added to api_keys)."
+    )
+
     # --- async jobs ---
     job_retention_s: float = Field(
         24 * 3600.0, gt=0, description="How long a finished job's progress record is kept."
@@ -91,6 +118,20 @@ class Settings(BaseSettings):
     default_zh_script: Literal["simplified", "traditional", "original"] = Field(
         "simplified", description="Script of Chinese output when a request does not say."
     )
+
+    @field_validator("accepted_upload_types", "api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    def accepted_keys(self) -> list[bytes]:
+        """Every accepted API key as bytes (for constant-time comparison); empty: auth is off."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        if self.api_keys_file is not None:
+            keys += self.api_keys_file.read_text().splitlines()
+        return [key.strip().encode() for key in keys if key.strip()]
 
     def resolved_device(self) -> str:
         if self.device != "auto":

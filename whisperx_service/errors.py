@@ -23,6 +23,10 @@ class ServiceError(Exception):
         if code is not None:
             self.code = code
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (WWW-Authenticate, Retry-After) the answer must carry."""
+        return {}
+
     def to_body(self) -> dict[str, Any]:
         return {
             "error": {
@@ -89,6 +93,36 @@ class AudioTooLong(InvalidRequest):
     code = "audio_too_long"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """The request, or the uploaded file part, declares a content type that is not audio."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="whisperx"'}
+
+
+class Unavailable(ServiceError):
+    """Not now, try again later: the request was not accepted, so nothing was computed."""
+
+    status_code = 503
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class StageFailed(ServiceError):
     """A runner (ASR, alignment, diarization) failed: the request fails whole, never partially."""
 
@@ -100,6 +134,27 @@ class StageFailed(ServiceError):
         self.stage = stage
         if status_code is not None:
             self.status_code = status_code
+
+
+def from_http_exception(status_code: int, detail: object) -> ServiceError:
+    """A Starlette/FastAPI `HTTPException` (unknown route, malformed or oversized form part) as ours."""
+    error = ServiceError(str(detail), code="invalid_form" if status_code == 400 else f"http_{status_code}")
+    error.status_code = status_code
+    if status_code < 500:
+        error.error_type = "invalid_request_error"
+    return error
+
+
+def is_transient_transport_error(exc: BaseException) -> bool:
+    """A runner connection that died under the request (keep-alive close racing a reuse, reset).
+
+    The runner never saw the request, and every runner API is a pure function of its inputs, so
+    the call can be sent again. Measured: 30 of ~600 requests failed this way under 32 clients.
+    """
+    import aiohttp  # BentoML's client transport
+
+    return isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                            ConnectionResetError, BrokenPipeError))
 
 
 def map_stage_error(stage: str, exc: BaseException) -> ServiceError:

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from .audio import SAMPLE_RATE, decode_audio
 from .config import get_settings
-from .errors import JobNotFound, MissingFile, ServiceError
+from .errors import InvalidParameter, JobNotFound, MissingFile, ServiceError
 from .logs import bind_request_id
 from .params import (
     parse_openai_params,
@@ -113,6 +113,7 @@ class JobTasks:
     """Mixin of the gateway: the async-job task endpoints (see the module doc)."""
 
     run_pipeline: Any  # the gateway's
+    lifecycle: Any  # the gateway's: a running job counts as in flight (drain waits for it)
 
     @property
     def job_board(self) -> JobBoard:
@@ -131,7 +132,7 @@ class JobTasks:
         task_id = str(getattr(ctx.request.state, "task_id", "") or "sync")
         request_id = task_id[:16]
         record = self.job_board.start(task_id, kind, f"{result_url}?task_id={task_id}")
-        with bind_request_id(request_id):
+        with bind_request_id(request_id), self.lifecycle.hold():
             try:
                 params = prepare()
                 if audio_path is None:
@@ -235,6 +236,28 @@ class JobTasks:
 
         return await self._run_job(ctx, "transcription", "/v1/audio/transcriptions/jobs/get",
                                    file, prepare, render)
+
+
+# BentoML's result routes of our two task endpoints (see `task_result_error`).
+TASK_RESULT_PATHS = frozenset({"/jobs/transcribe/get", "/v1/audio/transcriptions/jobs/get"})
+
+
+async def task_result_error(board: JobBoard, task_id: str) -> ServiceError | None:
+    """What a result request must answer instead of BentoML's own 500s, or None to let it answer.
+
+    BentoML parses a task's form only when the task runs: a submit without the file field is
+    accepted, then fails before our code sees it, and its result route answers 500. That is the
+    client's error: 422. An unknown id gets our 404 envelope.
+    """
+    if task_id in board.records:
+        return None
+    stored = await asyncio.to_thread(_stored_status, task_id)
+    if stored is None:
+        return JobNotFound(f"no job with task id {task_id[:64]!r} (unknown, or expired)", param="task_id")
+    if stored[1] == "failed":
+        return InvalidParameter("the job's request could not be read (a missing file field, or a field of the "
+                                "wrong type); nothing was computed", param="task_id", code="job_input_invalid")
+    return None
 
 
 jobs_router = APIRouter(tags=["async jobs"])

@@ -185,7 +185,7 @@ async def detect_language(
     top_k: Annotated[int, Form(ge=1, le=20, description="How many alternatives to list.", examples=[5])] = 5,
 ) -> DetectLanguageResponse:
     """The language spoken in the first 30 s, its probability, and the top alternatives."""
-    from service import StageClock, decode_upload
+    from service import StageClock, call_runner, decode_upload
 
     request_id = request.headers.get("x-request-id") or new_request_id()
     with bind_request_id(request_id):
@@ -198,7 +198,8 @@ async def detect_language(
         if audio.shape[0] == 0:
             raise EmptyUpload("the recording holds no audio samples", param="audio_file")
         head = audio[:30 * SAMPLE_RATE]  # Whisper's one window
-        raw = await clock.run("language", gateway.asr.to_async.detect_language(audio=head, top_k=top_k))
+        raw = await clock.run("language", call_runner(
+            lambda: gateway.asr.to_async.detect_language(audio=head, top_k=top_k)))
         found = LanguageDetection.model_validate(raw)
         return DetectLanguageResponse(
             **found.model_dump(), language_name=LANGUAGES.get(found.language, found.language),
