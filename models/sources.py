@@ -102,10 +102,15 @@ def _store_directory(
         staging = Path(tmp)
         build(staging)
         files = catalog.hash_tree(staging)
-        for existing in bentoml.models.list():
-            if existing.tag.name == name and existing.info.metadata.get("files") == files:
-                logger.info("model %s is up to date", existing.tag)
-                return str(existing.tag)
+        # Compare with the latest version only: that is the one services load by name. An
+        # identical older version does not count (it would leave a different one as latest).
+        try:
+            latest = bentoml.models.get(name)
+        except bentoml.exceptions.NotFound:
+            latest = None
+        if latest is not None and latest.info.metadata.get("files") == files:
+            logger.info("model %s is up to date", latest.tag)
+            return str(latest.tag)
         with bentoml.models.create(
             name, labels=labels, metadata={"source": source, "licence": licence, "files": files}
         ) as model:

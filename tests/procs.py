@@ -11,8 +11,9 @@ import psutil
 def stop_tree(proc: subprocess.Popen[bytes], grace_s: float = 60) -> None:
     """SIGTERM the whole serve tree, then SIGKILL whatever is left of it after `grace_s`.
 
-    The tree, not the process group: bentoml 1.4.40 starts its entry-service worker in a session
-    of its own, and that worker has been seen to ignore SIGTERM. No test may leave one behind.
+    The tree, not the process group: bentoml 1.4.40 starts each worker in a session of its own,
+    so a killpg misses them. SIGTERM drains and exits (whisperx_service/lifecycle.py); the
+    SIGKILL after `grace_s` is the safety net, so that no test leaves a server behind.
     """
     try:
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]

@@ -76,6 +76,9 @@ def start_server(base: Path, **settings: str) -> Iterator[Served]:
         "WXS_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
         "WXS_MAX_AUDIO_SECONDS": str(MAX_AUDIO_SECONDS),
         "BENTOML_DO_NOT_TRACK": "true",
+        # Each server its own task store: `bentoml serve` deletes the store at start, which
+        # corrupted the store of a server still running beside it (sqlite "malformed").
+        "BENTOML_RESULT_STORE": str(base / "task_result.db"),
         "HF_TOKEN": "hf_secret_should_never_be_logged",
         **settings,
     })
