@@ -32,7 +32,6 @@ from whisperx_service.chinese import convert_asr_segments
 from whisperx_service.config import get_settings
 from whisperx_service.errors import (
     MissingFile,
-    PayloadTooLarge,
     ServiceError,
     from_http_exception,
     is_transient_transport_error,
@@ -115,34 +114,30 @@ RUNNER_CALL_ATTEMPTS = 3
 
 async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
     """One runner call, sent again (up to 3 times) when its connection died before an answer."""
-    for attempt in range(1, RUNNER_CALL_ATTEMPTS + 1):
+    for attempt in range(1, RUNNER_CALL_ATTEMPTS):
         try:
             return await call()
         except Exception as exc:  # noqa: BLE001 - only transport deaths are retried; the rest re-raised
-            if attempt == RUNNER_CALL_ATTEMPTS or not is_transient_transport_error(exc):
+            if not is_transient_transport_error(exc):
                 raise
             logger.warning("runner connection lost (%s); sending the call again", type(exc).__name__)
             await asyncio.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")
+    return await call()
 
 
 async def _spool_upload(upload: UploadFile) -> Path:
-    """Copy the upload to our own temp file in 1 MiB blocks (never whole into memory)."""
+    """Copy the upload to our own temp file in 1 MiB blocks (never whole into memory).
+
+    Its size was bounded while the body streamed in (`GatewayGuard`), before this runs.
+    """
     check_upload_type(upload.content_type, settings.accepted_upload_types)
     handle = tempfile.NamedTemporaryFile(
         prefix="wxs-upload-", dir=settings.tmp_dir, delete=False
     )
     path = Path(handle.name)
-    limit = settings.max_upload_mb * 1024 * 1024
-    written = 0
     try:
         with handle:
             while block := await upload.read(1 << 20):
-                written += len(block)
-                if written > limit:
-                    raise PayloadTooLarge(
-                        f"upload is larger than {settings.max_upload_mb} MiB", param="audio_file"
-                    )
                 handle.write(block)
     except BaseException:
         path.unlink(missing_ok=True)
@@ -177,8 +172,7 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         self._aligned_languages: list[str] | None = None
         self.metrics = GatewayMetrics()
         self.lifecycle = Lifecycle(max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
-                                   grace_s=settings.shutdown_grace_s)
-        self.lifecycle.on_change = self.metrics.in_flight.set
+                                   grace_s=settings.shutdown_grace_s, on_change=self.metrics.in_flight.set)
         self.lifecycle.install_drain_on_sigterm()
 
     async def _alignment_languages(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import jiwer
@@ -79,3 +80,12 @@ def diarization_error_rate(
     metric = DiarizationErrorRate(collar=0.25)
     kwargs = {"uem": Timeline([Segment(*uem)])} if uem else {}
     return float(metric(ref, hyp, **kwargs))
+
+
+def truncated_mp3(directory: Path) -> Path:
+    """JFK encoded as MP3 by ffmpeg, cut to its first third: a broken upload of real audio."""
+    mp3 = directory / "jfk.mp3"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(JFK_FLAC), str(mp3)], check=True)
+    truncated = directory / "truncated.mp3"
+    truncated.write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 3])
+    return truncated

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,8 +33,6 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .jobs import TASK_RESULT_PATHS, task_result_error
-
-logger = logging.getLogger("whisperx_service.guard")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -126,7 +123,7 @@ class GatewayGuard:
     def _check_declared_body(self, method: str, headers: dict[str, str]) -> None:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
-            raise PayloadTooLarge(f"upload is larger than {self.max_mb} MiB", param="audio_file")
+            raise self._too_large()
         content_type = headers.get("content-type", "").lower()
         if method != "POST" or not content_type:
             return
@@ -170,9 +167,12 @@ class GatewayGuard:
             if not too_large:
                 raise
         if too_large and not started:
-            error = PayloadTooLarge(f"upload is larger than {self.max_mb} MiB", param="audio_file")
+            error = self._too_large()
             self._rejected(gateway, error)
             await send_error(send, error, {"connection": "close"})
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"upload is larger than {self.max_mb} MiB", param="audio_file")
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway()

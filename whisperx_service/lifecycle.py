@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import Unavailable
@@ -63,14 +63,15 @@ def _install_sigterm(handler: Any) -> Any | None:
 class Lifecycle:
     """In-flight accounting of one gateway worker: admission, overload answers, drain on SIGTERM."""
 
-    def __init__(self, *, max_in_flight: int, retry_after_s: int, grace_s: float) -> None:
+    def __init__(self, *, max_in_flight: int, retry_after_s: int, grace_s: float,
+                 on_change: Callable[[int], None] | None = None) -> None:
         self.max_in_flight = max_in_flight
         self.retry_after_s = retry_after_s
         self.grace_s = grace_s
         self.in_flight = 0
         self.draining = False
-        self._drain_task: asyncio.Task[None] | None = None
-        self.on_change: Any = None  # called with the in-flight count (a metrics gauge)
+        self._drain_task: asyncio.Task[None] | None = None  # held so the loop does not drop it
+        self.on_change = on_change  # called with the in-flight count (a metrics gauge)
 
     def check_admission(self) -> None:
         """Raise 503 at once when no new model work may start (never queue towards a timeout).

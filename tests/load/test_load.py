@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from tests.data import (
     JFK_REFERENCE,
     aishell_references,
     character_error_rate,
+    truncated_mp3,
     word_error_rate,
 )
 from tests.served.conftest import start_server
@@ -51,12 +51,12 @@ class Kind:
     check: Callable[[httpx.Response], bool] = lambda response: True
 
 
-def _kinds(bad_dir: Path) -> list[Kind]:
+def _kinds(work_dir: Path) -> list[Kind]:
     zh_clip = AISHELL_DIR / "BAC009S0764W0121.wav"
     zh_reference = aishell_references()[zh_clip.stem]
     jfk = JFK_FLAC.read_bytes()
     zh = zh_clip.read_bytes()
-    truncated = (bad_dir / "truncated.mp3").read_bytes()
+    truncated = truncated_mp3(work_dir).read_bytes()
 
     def jfk_ok(response: httpx.Response) -> bool:
         text = " ".join(s["text"] for s in response.json()["segments"])
@@ -130,12 +130,7 @@ def _client_loop(url: str, kinds: list[Kind], deadline: float, tally: Tally, see
 
 
 def test_32_clients_for_3_minutes(tmp_path: Path) -> None:
-    bad_dir = tmp_path / "bad"
-    bad_dir.mkdir()
-    mp3 = bad_dir / "jfk.mp3"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(JFK_FLAC), str(mp3)], check=True)
-    (bad_dir / "truncated.mp3").write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 3])
-    kinds = _kinds(bad_dir)
+    kinds = _kinds(tmp_path)
 
     with start_server(tmp_path / "server", WXS_RETRY_AFTER_S=str(RETRY_AFTER_S)) as server:
         with server.client() as client:  # warm-up: every model has run once before memory is taken

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.data import JFK_FLAC, JFK_REFERENCE, PYANNOTE_SAMPLE, word_error_rate
+from tests.data import JFK_FLAC, JFK_REFERENCE, PYANNOTE_SAMPLE, truncated_mp3, word_error_rate
 from tests.served.conftest import MAX_UPLOAD_MB, Served
 
 pytestmark = pytest.mark.served
@@ -34,10 +34,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files["text"].write_text("these are meeting notes, not audio\n" * 50)
     files["png"] = root / "picture.png"
     files["png"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
-    mp3 = root / "jfk.mp3"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(JFK_FLAC), str(mp3)], check=True)
-    files["truncated_mp3"] = root / "truncated.mp3"
-    files["truncated_mp3"].write_bytes(mp3.read_bytes()[: mp3.stat().st_size // 3])
+    files["truncated_mp3"] = truncated_mp3(root)
     good_wav = PYANNOTE_SAMPLE.read_bytes()
     files["corrupt_wav_header"] = root / "corrupt.wav"
     files["corrupt_wav_header"].write_bytes(b"RIFF\xff\xff\xff\xffWAVEjunk" + b"\x00" * 28 + good_wav[44:20000])
