@@ -290,14 +290,16 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         self, audio: np.ndarray, params: TranscribeParams, aligned_languages: list[str],
         request_id: str, on_chunk: Callable[[float], None] | None = None,
     ) -> AsrResult:
-        """ASR as two runner steps: plan (VAD chunks, language), then one `decode` call per chunk.
+        """ASR as two runner steps: plan (VAD chunks), then one `decode` call per chunk.
 
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher;
-        a semaphore bounds how many chunks one request has in flight (memory, fairness).
+        a semaphore bounds how many chunks one request has in flight (memory, fairness). When
+        the language is to be detected, the first chunk goes alone and detects it on its own
+        encoder output; the others follow in that language.
         """
         plan = AsrPlan.model_validate(await call_runner(lambda: self.asr.to_async.plan(
             audio=audio, language=params.language, request_id=request_id)))
-        want_words = plan.language not in aligned_languages
+        language, probability = plan.language or params.language, plan.language_probability
         in_flight = asyncio.Semaphore(2 * settings.asr_batch_size)
         done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
 
@@ -305,8 +307,9 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
             nonlocal done
             job = ChunkJob(
                 audio=audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)],
-                offset=span.start, language=plan.language, task=params.task,
-                initial_prompt=params.prompt, word_timestamps=want_words,
+                offset=span.start, language=language, task=params.task, initial_prompt=params.prompt,
+                word_timestamps=language is not None and language not in aligned_languages,
+                aligned_languages=aligned_languages,
             )
             async with in_flight:
                 (text,) = await call_runner(lambda: self.asr.to_async.decode([job]))
@@ -315,14 +318,18 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
                 on_chunk(audio.shape[0] / SAMPLE_RATE * done / speech)
             return ChunkText.model_validate(text)
 
-        texts = await asyncio.gather(*(decode(span) for span in plan.chunks))
+        texts: list[ChunkText] = []
+        if language is None and plan.chunks:
+            texts.append(await decode(plan.chunks[0]))
+            language, probability = texts[0].language, texts[0].language_probability
+        texts += await asyncio.gather(*(decode(span) for span in plan.chunks[len(texts):]))
         segments = [
             AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
                        words=text.words)
             for span, text in zip(plan.chunks, texts, strict=True) if text.text
         ]
-        return AsrResult(segments=segments, language=plan.language,
-                         language_probability=plan.language_probability, model=plan.model)
+        return AsrResult(segments=segments, language=language or "",
+                         language_probability=probability, model=plan.model)
 
     async def _timed_words(
         self, audio: np.ndarray, asr: AsrResult, aligned_languages: list[str],

@@ -1,9 +1,10 @@
 """ASR runner: faster-whisper through whisperx, in two steps so chunks batch across requests.
 
 `plan` runs whisperx's shipped pyannote VAD and merges speech into <= 30 s chunks (whisperx's
-own `merge_chunks`), and detects the language. `decode` is a batchable BentoML API: the gateway
-sends every chunk as its own call, and BentoML's adaptive batching merges the chunks of all
-in-flight requests into Whisper batches (grouped by language and task, never mixed up). For
+own `merge_chunks`). `decode` is a batchable BentoML API: the gateway sends every chunk as its
+own call, and BentoML's adaptive batching merges the chunks of all in-flight requests into
+Whisper batches (grouped by language and task, never mixed up). A chunk sent without a language
+has it detected on its own encoder output, so detection costs no encoder pass of its own. For
 languages the alignment runner cannot align, `decode` also times the words with Whisper's own
 cross-attention (faster-whisper's word timestamps), reusing the encoder output of the decode.
 """
@@ -72,6 +73,9 @@ class ASR:
             vad_options={"vad_onset": settings.vad_onset, "vad_offset": settings.vad_offset},
             threads=settings.asr_threads,
         )
+        # whisperx slides its 5-s VAD window by 0.5 s; a coarser hop is most of the VAD's cost
+        # saved for the same chunks (WXS_VAD_STEP_S, measured in its description).
+        self.pipeline.vad_model.vad_pipeline._segmentation.step = settings.vad_step_s
         self.whisper = self.pipeline.model
         # The Whisper "n_mels" the model expects (80, or 128 for large-v3).
         self.n_mels = int(self.whisper.feat_kwargs.get("feature_size") or 80)
@@ -93,7 +97,12 @@ class ASR:
 
     def _ranked_languages(self, audio: np.ndarray) -> list[tuple[str, float]]:
         encoder_output = self.whisper.encode(self._features(np.ascontiguousarray(audio[:WINDOW_SAMPLES])))
-        return [(token[2:-2], float(p)) for token, p in self.whisper.model.detect_language(encoder_output)[0]]
+        return self._languages_of(encoder_output)[0]
+
+    def _languages_of(self, encoder_output: Any) -> list[list[tuple[str, float]]]:
+        """Each batch item's languages, most likely first (tokens like "<|en|>" become "en")."""
+        return [[(token[2:-2], float(p)) for token, p in ranked]
+                for ranked in self.whisper.model.detect_language(encoder_output)]
 
     def _tokenizer(self, language: str, task: str) -> Tokenizer:
         from faster_whisper.tokenizer import Tokenizer
@@ -117,7 +126,12 @@ class ASR:
 
     @bentoml.api
     def plan(self, audio: np.ndarray, language: str | None = None, request_id: str | None = None) -> AsrPlan:
-        """Speech chunks of 16 kHz mono float32 audio, and its language (detected when None)."""
+        """Speech chunks of 16 kHz mono float32 audio, and its language when that is known.
+
+        A language left None is detected when the first speech chunk is decoded (`decode`), on
+        the encoder output the decode computes anyway. (whisperx detects it in an encoder pass of
+        its own over the first 30 s of the recording, silence included.)
+        """
         with bind_request_id(request_id):
             started = time.perf_counter()
             audio = np.ascontiguousarray(audio, dtype=np.float32)
@@ -125,11 +139,8 @@ class ASR:
             probability: float | None = None
             if self.english_only:
                 language, probability = "en", 1.0
-            elif language is None:  # as whisperx does: on the first 30 s of the recording
-                language, probability = self._ranked_languages(audio)[0]
-            logger.info("planned %.1f s: %d chunks, language %s (%s) in %.2f s", audio.shape[0] / SAMPLE_RATE,
-                        len(chunks), language, "given" if probability is None else f"p={probability:.2f}",
-                        time.perf_counter() - started)
+            logger.info("planned %.1f s: %d chunks, language %s in %.2f s", audio.shape[0] / SAMPLE_RATE,
+                        len(chunks), language or "to detect", time.perf_counter() - started)
             return AsrPlan(chunks=chunks, language=language, language_probability=probability,
                            model=self.model_tag)
 
@@ -139,14 +150,20 @@ class ASR:
         """Decode chunks (from any number of requests) in Whisper batches; results keep their order."""
         started = time.perf_counter()
         results: list[ChunkText | None] = [None] * len(jobs)
-        groups: dict[tuple[str, str, str | None, bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[str | None, str, str | None, bool, tuple[str, ...]], list[int]] = defaultdict(list)
         for index, job in enumerate(jobs):
-            groups[(job.language, job.task, job.initial_prompt, job.word_timestamps)].append(index)
-        for (language, task, prompt, word_timestamps), indices in groups.items():
-            for index, text in zip(indices, self._decode_group(
-                [jobs[i] for i in indices], language, task, prompt, word_timestamps
-            ), strict=True):
-                results[index] = text
+            groups[(job.language, job.task, job.initial_prompt, job.word_timestamps,
+                    tuple(job.aligned_languages))].append(index)
+        for (language, task, prompt, word_timestamps, aligned), indices in groups.items():
+            for first in range(0, len(indices), settings.asr_batch_size):
+                part = indices[first:first + settings.asr_batch_size]
+                batch = [jobs[i] for i in part]
+                if language is None:
+                    texts = self._detect_and_decode(batch, task, prompt, set(aligned))
+                else:
+                    texts = self._decode_batch(batch, self._encode(batch), language, task, prompt, word_timestamps)
+                for index, text in zip(part, texts, strict=True):
+                    results[index] = text
         logger.info("decoded a batch of %d chunks (%d groups) in %.2f s", len(jobs), len(groups),
                     time.perf_counter() - started)
         return [r for r in results if r is not None]
@@ -163,25 +180,42 @@ class ASR:
 
     # --- decoding --------------------------------------------------------------------------------
 
-    def _decode_group(
-        self, jobs: list[ChunkJob], language: str, task: str, prompt: str | None, word_timestamps: bool
+    def _encode(self, batch: list[ChunkJob]) -> tuple[np.ndarray, Any]:
+        features = np.stack([self._features(np.asarray(job.audio, dtype=np.float32)) for job in batch])
+        return features, self.whisper.encode(features)
+
+    def _detect_and_decode(
+        self, batch: list[ChunkJob], task: str, prompt: str | None, aligned: set[str]
+    ) -> list[ChunkText]:
+        """Chunks without a language: detect it on the encoder output, then decode with it."""
+        encoded = self._encode(batch)
+        ranked = [languages[0] for languages in self._languages_of(encoded[1])]
+        out: list[ChunkText | None] = [None] * len(batch)
+        for language in dict.fromkeys(lang for lang, _ in ranked):
+            part = [i for i, (lang, _) in enumerate(ranked) if lang == language]
+            # Usually one language per batch: reuse the encoder output; else encode each group.
+            group = encoded if len(part) == len(batch) else self._encode([batch[i] for i in part])
+            texts = self._decode_batch([batch[i] for i in part], group, language, task, prompt,
+                                       word_timestamps=language not in aligned)
+            for i, text in zip(part, texts, strict=True):
+                out[i] = text.model_copy(update={"language_probability": round(ranked[i][1], 4)})
+        return [text for text in out if text is not None]
+
+    def _decode_batch(
+        self, batch: list[ChunkJob], encoded: tuple[np.ndarray, Any], language: str, task: str,
+        prompt: str | None, word_timestamps: bool,
     ) -> list[ChunkText]:
         tokenizer = self._tokenizer(language, task)
         options = self.pipeline.options
         if prompt:
             options = dataclasses.replace(options, initial_prompt=prompt)
-        out: list[ChunkText] = []
-        for first in range(0, len(jobs), settings.asr_batch_size):
-            batch = jobs[first:first + settings.asr_batch_size]
-            features = np.stack([self._features(np.asarray(job.audio, dtype=np.float32)) for job in batch])
-            encoder_output = self.whisper.encode(features)
-            texts, logprobs, tokens = self._generate(encoder_output, tokenizer, options, len(batch))
-            words: list[list[Word] | None] = [None] * len(batch)
-            if word_timestamps:
-                words = self._whisper_words(batch, tokens, features, encoder_output, tokenizer, options)
-            out.extend(ChunkText(text=t.strip(), avg_logprob=lp, words=w)
-                       for t, lp, w in zip(texts, logprobs, words, strict=True))
-        return out
+        features, encoder_output = encoded
+        texts, logprobs, tokens = self._generate(encoder_output, tokenizer, options, len(batch))
+        words: list[list[Word] | None] = [None] * len(batch)
+        if word_timestamps:
+            words = self._whisper_words(batch, tokens, features, encoder_output, tokenizer, options)
+        return [ChunkText(text=t.strip(), avg_logprob=lp, words=w, language=language)
+                for t, lp, w in zip(texts, logprobs, words, strict=True)]
 
     def _generate(
         self, encoder_output: Any, tokenizer: Tokenizer, options: Any, batch_size: int

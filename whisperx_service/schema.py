@@ -98,10 +98,11 @@ class TimeSpan(BaseModel):
 
 
 class AsrPlan(BaseModel):
-    """What the ASR runner's first step finds: speech chunks (<= 30 s) and the language."""
+    """What the ASR runner's first step finds: speech chunks (<= 30 s) and, when it is known
+    without decoding (given, or an English-only model), the language."""
 
     chunks: list[TimeSpan]
-    language: str
+    language: str | None
     language_probability: float | None = None
     model: str
 
@@ -111,16 +112,24 @@ class ChunkJob(BaseModel):
 
     audio: Annotated[np.ndarray, TensorSchema(format="numpy-array", dtype="float32")]
     offset: float = Field(description="Where the chunk starts in its recording, seconds.")
-    language: str
+    language: str | None = Field(
+        description="None: detect it on this chunk's own encoder output (no extra encoder pass)."
+    )
     task: str = "transcribe"
     initial_prompt: str | None = None
     word_timestamps: bool = Field(False, description="Time the words with Whisper's cross-attention.")
+    aligned_languages: list[str] = Field(
+        [], description="With language None: skip the Whisper word timings when the detected "
+        "language is one of these (the alignment runner times its words).",
+    )
 
 
 class ChunkText(BaseModel):
     text: str
     avg_logprob: float | None = None
     words: list[Word] | None = None
+    language: str | None = Field(None, description="The language the chunk was decoded in.")
+    language_probability: float | None = Field(None, description="Set when it was detected here.")
 
 
 class AsrResult(BaseModel):

@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from tests.data import JFK_FLAC, JFK_REFERENCE, word_error_rate
+from tests.data import (
+    AISHELL_DIR,
+    JFK_FLAC,
+    JFK_REFERENCE,
+    aishell_references,
+    character_error_rate,
+    word_error_rate,
+)
 from whisperx_service.audio import decode_audio
 from whisperx_service.schema import ChunkJob
 
@@ -65,3 +72,50 @@ def test_batching_keeps_each_chunk_with_its_own_result(asr) -> None:  # type: ig
     mixed = asr.decode([other[0], *alone, *other[1:]])
     assert [m.model_dump() for m in mixed] == [r.model_dump() for r in [expected_other[0], *expected_alone, *expected_other[1:]]]
     assert all(t.words is None for t in expected_other)
+
+
+@pytest.fixture(scope="module")
+def asr_base():  # type: ignore[no-untyped-def]
+    """The embedded multilingual `base` model: language detection needs a multilingual model."""
+    import importlib
+    import os
+
+    os.environ["WXS_ASR_MODEL"] = "whisper-base"
+    from whisperx_service.config import get_settings
+
+    get_settings.cache_clear()
+    import runners.asr as module
+
+    try:
+        yield importlib.reload(module).ASR.inner()
+    finally:
+        os.environ.pop("WXS_ASR_MODEL", None)
+        get_settings.cache_clear()
+
+
+def test_language_is_detected_per_chunk_in_a_mixed_batch(asr_base) -> None:  # type: ignore[no-untyped-def]
+    """Chunks of an English and a Mandarin request, both without a language, share one batch:
+    each detects its own language on its own encoder output, is decoded in it exactly as if the
+    language had been given, and gets Whisper word timings only when its language is not aligned."""
+    from whisperx_service.chinese import to_script
+
+    english = asyncio.run(decode_audio(JFK_FLAC, max_seconds=60))
+    utterance, reference = next(iter(aishell_references().items()))
+    mandarin = asyncio.run(decode_audio(AISHELL_DIR / f"{utterance}.wav", max_seconds=60))
+    plans = [asr_base.plan(audio=a) for a in (english, mandarin)]
+    assert [p.language for p in plans] == [None, None]  # left to the first decode
+    jobs = [ChunkJob(audio=a[int(p.chunks[0].start * 16000):int(p.chunks[0].end * 16000)],
+                     offset=p.chunks[0].start, language=None, aligned_languages=["en"])
+            for a, p in zip((english, mandarin), plans, strict=True)]
+
+    detected = asr_base.decode(jobs)
+    assert [t.language for t in detected] == ["en", "zh"]
+    assert all(t.language_probability is not None and t.language_probability > 0.5 for t in detected)
+    assert detected[0].words is None  # en: the alignment runner times these words
+    assert detected[1].words and all(jobs[1].offset <= w.start <= w.end for w in detected[1].words)  # type: ignore[operator]
+    assert word_error_rate(JFK_REFERENCE.read_text(), detected[0].text) <= 0.15
+    assert character_error_rate(reference, to_script(detected[1].text, "simplified")) <= 0.25
+
+    given = [asr_base.decode([job.model_copy(update={"language": lang, "word_timestamps": lang == "zh"})])[0]
+             for job, lang in zip(jobs, ("en", "zh"), strict=True)]
+    assert [g.text for g in given] == [d.text for d in detected]
