@@ -2,8 +2,8 @@
 
 POST /transcribe (multipart ``audio_file``; ``min_speakers``/``max_speakers``/``num_speakers``,
 ``language``, ``diarize``, ``zh_script`` as form fields or query parameters) returns WhisperX's
-JSON. The upload is decoded once; ASR and diarization run concurrently, then alignment, then
-whisperx's speaker assignment. This module owns HTTP concerns only.
+JSON. The upload is decoded once; diarization runs beside ASR and the alignment that follows
+it, then whisperx's speaker assignment. This module owns HTTP concerns only.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         self, audio: np.ndarray, params: TranscribeParams, clock: StageClock, request_id: str,
         progress: JobRecord | None = None,
     ) -> TranscriptionResponse:
-        """The whole graph on decoded audio: (ASR || diarization) -> alignment -> speakers.
+        """The whole graph on decoded audio: (ASR -> alignment || diarization) -> speakers.
 
         With `progress` (async jobs), each stage and each transcribed chunk is recorded there.
         """
@@ -249,24 +249,27 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         aligned_languages = await self._alignment_languages()
         if progress is not None:
             progress.stage("asr")
-        asr_call = clock.run("asr", self.transcribe_audio(
-            audio, params, aligned_languages, request_id,
-            on_chunk=progress.transcribed if progress is not None else None,
-        ))
+
+        async def words() -> tuple[AsrResult, list[Segment], AlignmentInfo]:
+            # Alignment follows ASR at once, while diarization may still be running.
+            asr = AsrResult.model_validate(await clock.run("asr", self.transcribe_audio(
+                audio, params, aligned_languages, request_id,
+                on_chunk=progress.transcribed if progress is not None else None,
+            )))
+            convert_asr_segments(asr.segments, asr.language, params.zh_script)
+            if progress is not None:
+                progress.stage("align")
+            return (asr, *await self._timed_words(audio, asr, aligned_languages, clock, request_id))
+
         if params.diarize:
             diarize_call = clock.run("diarize", call_runner(lambda: self.diarizer.to_async.diarize(
                 audio=audio, num_speakers=params.num_speakers, min_speakers=params.min_speakers,
                 max_speakers=params.max_speakers, request_id=request_id,
             )))
-            asr_result, diarization = await _gather_both(asr_call, diarize_call)
+            (asr, segments, alignment), diarization = await _gather_both(words(), diarize_call)
         else:
-            asr_result, diarization = await asr_call, None
+            (asr, segments, alignment), diarization = await words(), None
 
-        asr = AsrResult.model_validate(asr_result)
-        convert_asr_segments(asr.segments, asr.language, params.zh_script)
-        if progress is not None:
-            progress.stage("align")
-        segments, alignment = await self._timed_words(audio, asr, aligned_languages, clock, request_id)
         if diarization is not None:
             result = DiarizationResult.model_validate(diarization)
             labelled = await clock.run("assign", call_runner(
