@@ -28,23 +28,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_role(proc: psutil.Process) -> str:
+    """A served process's name: its BentoML service (`--service-name`), else `arbiter`."""
+    try:
+        args = proc.cmdline()
+    except psutil.Error:
+        return "gone"
+    if "--service-name" in args[:-1]:
+        return args[args.index("--service-name") + 1]
+    return "arbiter" if proc.pid == os.getpid() or "serve" in args else Path(args[0]).name if args else "?"
+
+
 class TreeMemory(threading.Thread):
-    """Samples the RSS of a process and its children every 0.5 s; keeps the peak of the sum."""
+    """Samples the RSS of a process and its children every 0.5 s; keeps the peak of the sum and
+    each process's own peak (by role: arbiter, whisperx gateway, asr, align, diarize)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.root = psutil.Process(pid)
         self.peak_mib = 0.0
+        self.peak_by_process_mib: dict[str, float] = {}
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.wait(0.5):
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
-                total = sum(p.memory_info().rss for p in procs if p.is_running())
+                sizes = {process_role(p): p.memory_info().rss / 2**20 for p in procs if p.is_running()}
             except psutil.Error:
                 continue
-            self.peak_mib = max(self.peak_mib, total / 2**20)
+            self.peak_mib = max(self.peak_mib, sum(sizes.values()))
+            for role, mib in sizes.items():
+                self.peak_by_process_mib[role] = max(self.peak_by_process_mib.get(role, 0.0), mib)
 
 
 def serve_graph(env: dict[str, str], timeout_s: float = 600) -> tuple[subprocess.Popen[bytes], str, float, TreeMemory]:

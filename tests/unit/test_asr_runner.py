@@ -119,3 +119,30 @@ def test_language_is_detected_per_chunk_in_a_mixed_batch(asr_base) -> None:  # t
     given = [asr_base.decode([job.model_copy(update={"language": lang, "word_timestamps": lang == "zh"})])[0]
              for job, lang in zip(jobs, ("en", "zh"), strict=True)]
     assert [g.text for g in given] == [d.text for d in detected]
+
+
+def test_held_decode_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WXS_ASR_MAX_NEW_TOKENS with end-of-text suppressed decodes exactly that many tokens per
+    chunk (what bench/throughput.py --gpu relies on to time random-weight models honestly)."""
+    import importlib
+
+    from whisperx_service.config import get_settings
+
+    monkeypatch.setenv("WXS_ASR_MODEL", "whisper-tiny-en")
+    monkeypatch.setenv("WXS_ASR_MAX_NEW_TOKENS", "7")
+    monkeypatch.setenv("WXS_ASR_SUPPRESS_TOKENS", "-1,50256")  # tiny.en's end-of-text
+    get_settings.cache_clear()
+    import runners.asr as module
+
+    try:
+        held = importlib.reload(module).ASR.inner()
+        audio = asyncio.run(decode_audio(JFK_FLAC, max_seconds=60))
+        _, jobs = _jobs(held, audio, words=False)
+        (text,) = held.decode(jobs)
+        tokenizer = held._tokenizer("en", "transcribe")
+        assert len(tokenizer.encode(" " + text.text)) == 7, text.text
+        assert JFK_REFERENCE.read_text().lower().startswith(text.text.lower().rstrip(" ,.")[:10])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        importlib.reload(module)
