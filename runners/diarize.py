@@ -19,6 +19,7 @@ from whisperx_service.assemble import assign_speakers
 from whisperx_service.config import DiarizationBackend, get_settings
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
+from whisperx_service.memory import limit_malloc_arenas, release_free_memory
 from whisperx_service.schema import DiarizationResult, Segment, SpeakerTurn
 
 with bentoml.importing():
@@ -43,6 +44,7 @@ class Diarizer:
         configure_logging()
         outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         started = time.perf_counter()
+        limit_malloc_arenas(2)  # before the embedding threads exist (whisperx_service.memory)
         model_dir = Path(self.pipeline_model.path) if _uses_pipeline_dir else None
         self.backend = load_backend(
             settings.diarization_backend.value,
@@ -65,9 +67,12 @@ class Diarizer:
     ) -> DiarizationResult:
         with bind_request_id(request_id):
             started = time.perf_counter()
-            turns = self.backend.diarize(
-                audio, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
-            )
+            try:
+                turns = self.backend.diarize(
+                    audio, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+                )
+            finally:
+                release_free_memory()
             speakers = len({t.speaker for t in turns})
             logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
                         audio.shape[0] / 16000, len(turns), speakers, time.perf_counter() - started)
