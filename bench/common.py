@@ -59,7 +59,8 @@ class TreeMemory(threading.Thread):
                 continue
             self.peak_mib = max(self.peak_mib, sum(sizes.values()))
             for role, mib in sizes.items():
-                self.peak_by_process_mib[role] = max(self.peak_by_process_mib.get(role, 0.0), mib)
+                if role not in ("gone", "?") and mib > 0:  # exited meanwhile, or a zombie
+                    self.peak_by_process_mib[role] = max(self.peak_by_process_mib.get(role, 0.0), mib)
 
 
 def serve_graph(env: dict[str, str], timeout_s: float = 600) -> tuple[subprocess.Popen[bytes], str, float, TreeMemory]:
