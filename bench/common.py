@@ -36,7 +36,7 @@ def process_role(proc: psutil.Process) -> str:
         return "gone"
     if "--service-name" in args[:-1]:
         return args[args.index("--service-name") + 1]
-    return "arbiter" if proc.pid == os.getpid() or "serve" in args else Path(args[0]).name if args else "?"
+    return "arbiter" if "serve" in args else Path(args[0]).name if args else "?"
 
 
 class TreeMemory(threading.Thread):

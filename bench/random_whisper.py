@@ -34,6 +34,11 @@ SHAPES = {
 }
 
 
+def compute_type_for(device: str) -> str:
+    """The CTranslate2 compute type both benchmark arms use on `device` (the service's default)."""
+    return "float16" if device == "cuda" else "int8"
+
+
 def build_random_whisper(base_dir: Path, dest: Path, shape: str, quantization: str = "float16") -> Path:
     """Write a CTranslate2 Whisper model of `shape` with random weights into `dest`."""
     import torch
@@ -76,7 +81,7 @@ def held_tokens_per_chunk(base_dir: Path, paths: list[Path], device: str) -> int
     """Mean number of tokens the real `base` model emits per VAD chunk of these recordings."""
     import whisperx
 
-    model = whisperx.load_model(str(base_dir), device, compute_type="float16" if device == "cuda" else "int8")
+    model = whisperx.load_model(str(base_dir), device, compute_type=compute_type_for(device))
     tokenizer = None
     counts: list[int] = []
     for path in paths:

@@ -45,7 +45,7 @@ import httpx
 import numpy as np
 import soundfile
 from common import PROJECT, serve_graph, stop_tree
-from random_whisper import SHAPES
+from random_whisper import SHAPES, compute_type_for
 
 from tests.composed import compose_meeting
 from tests.data import AMI_DIR, PYANNOTE_SAMPLE
@@ -69,7 +69,7 @@ def prepare_store(home: Path) -> None:
 def prepare_random_whisper(home: Path, shape: str, device: str, recordings: list[Path]) -> int:
     """Put a random-weight Whisper of `shape` in the store (whisper-random-<shape>); return the
     tokens per chunk to hold it to (what the real `base` emits per chunk on `recordings`)."""
-    quantization = "float16" if device == "cuda" else "int8"
+    quantization = compute_type_for(device)
     script = (
         "import sys, tempfile, bentoml; from pathlib import Path; from models import sources;"
         "sys.path.insert(0, 'bench'); import random_whisper as rw;"
@@ -100,6 +100,9 @@ def long_recording(dest: Path) -> Path:
     return path
 
 
+END_OF_TEXT = 50257  # Whisper's multilingual end-of-text token id
+
+
 @dataclass(frozen=True)
 class Arms:
     """What both arms run on: Whisper model, device, and (random weights) the held length."""
@@ -111,7 +114,7 @@ class Arms:
 
     @property
     def compute_type(self) -> str:
-        return "float16" if self.device == "cuda" else "int8"
+        return compute_type_for(self.device)
 
     def served_env(self, home: Path) -> dict[str, str]:
         env = {"BENTOML_HOME": str(home), "WXS_ASR_MODEL": self.whisper, "WXS_DEVICE": self.device}
@@ -119,9 +122,6 @@ class Arms:
             env |= {"WXS_ASR_MAX_NEW_TOKENS": str(self.held_tokens),
                     "WXS_ASR_SUPPRESS_TOKENS": f"-1,{END_OF_TEXT}"}
         return env
-
-
-END_OF_TEXT = 50257  # Whisper's multilingual end-of-text token id
 
 
 class SeedPipeline:
