@@ -311,7 +311,6 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
             job = ChunkJob(
                 audio=audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)],
                 offset=span.start, language=language, task=params.task, initial_prompt=params.prompt,
-                word_timestamps=language is not None and language not in aligned_languages,
                 aligned_languages=aligned_languages,
             )
             async with in_flight:

@@ -150,18 +150,18 @@ class ASR:
         """Decode chunks (from any number of requests) in Whisper batches; results keep their order."""
         started = time.perf_counter()
         results: list[ChunkText | None] = [None] * len(jobs)
-        groups: dict[tuple[str | None, str, str | None, bool, tuple[str, ...]], list[int]] = defaultdict(list)
+        groups: dict[tuple[str | None, str, str | None, tuple[str, ...]], list[int]] = defaultdict(list)
         for index, job in enumerate(jobs):
-            groups[(job.language, job.task, job.initial_prompt, job.word_timestamps,
-                    tuple(job.aligned_languages))].append(index)
-        for (language, task, prompt, word_timestamps, aligned), indices in groups.items():
+            groups[(job.language, job.task, job.initial_prompt, tuple(job.aligned_languages))].append(index)
+        for (language, task, prompt, aligned), indices in groups.items():
             for first in range(0, len(indices), settings.asr_batch_size):
                 part = indices[first:first + settings.asr_batch_size]
                 batch = [jobs[i] for i in part]
                 if language is None:
-                    texts = self._detect_and_decode(batch, task, prompt, set(aligned))
+                    texts = self._detect_and_decode(batch, task, prompt, aligned)
                 else:
-                    texts = self._decode_batch(batch, self._encode(batch), language, task, prompt, word_timestamps)
+                    texts = self._decode_batch(batch, self._encode(batch), language, task, prompt,
+                                               word_timestamps=language not in aligned)
                 for index, text in zip(part, texts, strict=True):
                     results[index] = text
         logger.info("decoded a batch of %d chunks (%d groups) in %.2f s", len(jobs), len(groups),
@@ -185,7 +185,7 @@ class ASR:
         return features, self.whisper.encode(features)
 
     def _detect_and_decode(
-        self, batch: list[ChunkJob], task: str, prompt: str | None, aligned: set[str]
+        self, batch: list[ChunkJob], task: str, prompt: str | None, aligned: tuple[str, ...]
     ) -> list[ChunkText]:
         """Chunks without a language: detect it on the encoder output, then decode with it."""
         encoded = self._encode(batch)

@@ -117,10 +117,9 @@ class ChunkJob(BaseModel):
     )
     task: str = "transcribe"
     initial_prompt: str | None = None
-    word_timestamps: bool = Field(False, description="Time the words with Whisper's cross-attention.")
     aligned_languages: list[str] = Field(
-        [], description="With language None: skip the Whisper word timings when the detected "
-        "language is one of these (the alignment runner times its words).",
+        [], description="Languages the alignment runner times with wav2vec2. A chunk in any other "
+        "language (given or detected) gets its words timed by Whisper's cross-attention.",
     )
 
 
