@@ -18,7 +18,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from models import catalog
-from whisperx_service.config import get_settings
+from whisperx_service.config import get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import AlignResult, AsrSegment, Segment, Word
@@ -39,12 +39,7 @@ def _declare_alignment_models(cls: type) -> type:
     return cls
 
 
-@bentoml.service(
-    name="align",
-    workers=1,
-    resources={"cpu": str(settings.align_threads)},
-    traffic={"timeout": settings.stage_timeout_s},
-)
+@bentoml.service(name="align", **runner_service_config(settings.align_threads))
 @_declare_alignment_models
 class Aligner:
     nltk_data = BentoModel(catalog.NLTK_MODEL)

@@ -22,7 +22,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service.audio import SAMPLE_RATE
-from whisperx_service.config import get_settings
+from whisperx_service.config import get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import (
@@ -47,12 +47,7 @@ logger = logging.getLogger("whisperx_service.asr")
 settings = get_settings()
 
 
-@bentoml.service(
-    name="asr",
-    workers=1,
-    resources={"cpu": str(settings.asr_threads)},
-    traffic={"timeout": settings.stage_timeout_s},
-)
+@bentoml.service(name="asr", **runner_service_config(settings.asr_threads))
 class ASR:
     whisper_model = BentoModel(settings.asr_model)
 

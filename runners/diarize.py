@@ -16,7 +16,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service.assemble import assign_speakers
-from whisperx_service.config import DiarizationBackend, get_settings
+from whisperx_service.config import DiarizationBackend, get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.memory import limit_malloc_arenas, release_free_memory
@@ -30,12 +30,7 @@ settings = get_settings()
 _uses_pipeline_dir = settings.diarization_backend is DiarizationBackend.pyannote
 
 
-@bentoml.service(
-    name="diarize",
-    workers=1,
-    resources={"cpu": str(settings.diarization_threads)},
-    traffic={"timeout": settings.stage_timeout_s},
-)
+@bentoml.service(name="diarize", **runner_service_config(settings.diarization_threads))
 class Diarizer:
     if _uses_pipeline_dir:
         pipeline_model = BentoModel(settings.diarization_model)

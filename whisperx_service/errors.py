@@ -165,6 +165,8 @@ def map_stage_error(stage: str, exc: BaseException) -> ServiceError:
 
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return StageFailed(stage, "timed out", status_code=504)
+    if is_transient_transport_error(exc):  # still dead after `call_runner`'s attempts
+        return StageFailed(stage, f"runner connection lost ({type(exc).__name__})")
     if isinstance(exc, ServiceUnavailable):
         return StageFailed(stage, "runner is overloaded or unavailable", status_code=503)
     if isinstance(exc, BentoMLException):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import aiohttp
 import pytest
+from _bentoml_impl.client.proxy2 import RemoteProxy
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from whisperx_service.errors import InvalidAudio, StageFailed, map_stage_error
@@ -28,3 +30,24 @@ def test_our_errors_pass_through_and_unknown_ones_are_not_swallowed() -> None:
     assert map_stage_error("asr", err) is err
     with pytest.raises(KeyError):
         map_stage_error("asr", KeyError("programming error"))
+
+
+def test_a_runner_connection_still_dead_after_the_retries_is_a_502_not_a_crash() -> None:
+    mapped = map_stage_error("asr", aiohttp.ServerDisconnectedError())
+    assert isinstance(mapped, StageFailed)
+    assert mapped.status_code == 502
+    assert "connection lost" in mapped.message
+
+
+def test_the_gateway_never_recycles_a_runner_session_under_calls_in_flight() -> None:
+    """BentoML's default closes its session to a runner every 100 calls, cutting those in flight.
+
+    Read back from the client BentoML builds for each dependency, so a renamed option fails here.
+    """
+    import service
+
+    service.Gateway.inject_config()
+    for runner in (service.ASR, service.Aligner, service.Diarizer):
+        sessions = RemoteProxy("http://127.0.0.1:9", service=runner)._async._session_manager
+        assert sessions.max_requests >= 10**12, runner.name
+        assert sessions.max_age >= 10**9, runner.name
