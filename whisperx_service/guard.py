@@ -103,7 +103,11 @@ class GatewayGuard:
             lifecycle.check_admission()
         except Unavailable as error:
             self._rejected(gateway, error)
-            await send_error(send, error, {"connection": "close"})
+            # Read the upload before answering. Answering at once and closing left its bytes unread,
+            # so the kernel reset the connection and the client often got the reset, not the 503
+            # (measured: 1 of ~1,500 rejections under 32 clients; most of 48 at 64 concurrent uploads).
+            whole = await self._discard_body(receive)
+            await send_error(send, error, None if whole else {"connection": "close"})
             return
         with lifecycle.hold():
             await self._call_with_body_limit(gateway, scope, receive, send)
@@ -170,6 +174,19 @@ class GatewayGuard:
             error = self._too_large()
             self._rejected(gateway, error)
             await send_error(send, error, {"connection": "close"})
+
+    async def _discard_body(self, receive: Receive) -> bool:
+        """Read the request body to its end and drop it; False if the client left or it is too big."""
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                return False
+            if not message.get("more_body", False):
+                return True
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"upload is larger than {self.max_mb} MiB", param="audio_file")

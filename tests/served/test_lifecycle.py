@@ -87,6 +87,23 @@ def test_over_the_in_flight_limit_is_503_with_retry_after_and_admitted_ones_fini
         started = time.monotonic()
         rejected = _jfk(client, AUTH)
         answered_in = time.monotonic() - started
+    # Many rejected 1-MB uploads at once, each on its own connection: every client reads its 503
+    # (answering before the upload was read, then closing, reset the connection under some of them).
+    burst: list[int | str] = []
+
+    def rejected_upload() -> None:
+        with guarded.client() as client:
+            try:
+                burst.append(_jfk(client, AUTH).status_code)
+            except httpx.TransportError as exc:
+                burst.append(f"{type(exc).__name__}: {exc}")
+
+    senders = [threading.Thread(target=rejected_upload) for _ in range(24)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    assert burst == [503] * len(senders), burst
     for worker, _ in started_requests:
         worker.join()
     results = [response for _, responses in started_requests for response in responses]

@@ -117,6 +117,31 @@ def test_over_the_limit_is_503_with_retry_after_and_the_slot_is_released() -> No
     assert gateway.lifecycle.in_flight == 0
 
 
+def test_an_overloaded_upload_is_read_to_its_end_before_the_503_and_the_connection_kept() -> None:
+    """Answering first and closing left the upload unread: the kernel reset the connection and the
+    client got the reset instead of the 503."""
+    gateway = _Gateway(max_in_flight=1)
+    guard = _guard(gateway)
+    pending = [b"x" * 1000] * 4
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        body = pending.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    async def send(message: dict[str, Any]) -> None:
+        assert not pending, "answered before the upload was read"
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/transcribe", "query_string": b"",
+             "headers": [(b"content-type", FORM["content-type"].encode())]}
+    with gateway.lifecycle.hold():
+        asyncio.run(guard(scope, receive, send))
+    start = sent[0]
+    assert start["status"] == 503
+    assert b"connection" not in dict(start["headers"])
+
+
 class _FakeUvicorn:
     def __init__(self) -> None:
         self.config = type("Config", (), {"timeout_graceful_shutdown": None})()
