@@ -302,7 +302,7 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         """
         plan = AsrPlan.model_validate(await call_runner(lambda: self.asr.to_async.plan(
             audio=audio, language=params.language, request_id=request_id)))
-        language, probability = plan.language or params.language, plan.language_probability
+        language, probability = plan.language, plan.language_probability  # given, English-only, or None
         in_flight = asyncio.Semaphore(2 * settings.asr_batch_size)
         done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
 
