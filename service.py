@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import bentoml
@@ -27,7 +25,8 @@ from runners.align import Aligner
 from runners.asr import ASR
 from runners.diarize import Diarizer
 from whisperx_service.assemble import sentences_from_whisper_words, word_segments
-from whisperx_service.audio import SAMPLE_RATE, check_upload_type, decode_audio
+from whisperx_service import uploads
+from whisperx_service.audio import SAMPLE_RATE
 from whisperx_service.chinese import convert_asr_segments
 from whisperx_service.config import get_settings
 from whisperx_service.errors import (
@@ -125,34 +124,12 @@ async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
     return await call()
 
 
-async def _spool_upload(upload: UploadFile) -> Path:
-    """Copy the upload to our own temp file in 1 MiB blocks (never whole into memory).
-
-    Its size was bounded while the body streamed in (`GatewayGuard`), before this runs.
-    """
-    check_upload_type(upload.content_type, settings.accepted_upload_types)
-    handle = tempfile.NamedTemporaryFile(
-        prefix="wxs-upload-", dir=settings.tmp_dir, delete=False
-    )
-    path = Path(handle.name)
-    try:
-        with handle:
-            while block := await upload.read(1 << 20):
-                handle.write(block)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path
-
-
 async def decode_upload(upload: UploadFile, clock: StageClock) -> np.ndarray:
-    """Spool the upload to disk, decode it once with ffmpeg, always remove the temp file."""
+    """Decode the upload once (whisperx_service.uploads), timed as the decode stage."""
     start = clock.now()
-    path = await _spool_upload(upload)
     try:
-        return await decode_audio(path, max_seconds=settings.max_audio_seconds)
+        return await uploads.decode_upload(upload, settings)
     finally:
-        path.unlink(missing_ok=True)
         clock.stages["decode"] = StageTiming(start=start, end=clock.now())
 
 

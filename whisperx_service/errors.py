@@ -100,6 +100,12 @@ class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
 
 
+class UnsupportedMedia(UnsupportedMediaType):
+    """The upload's container is not one we decode (a playlist, a concat list: formats that open other files)."""
+
+    code = "unsupported_media"
+
+
 class Unauthorized(ServiceError):
     status_code = 401
     error_type = "authentication_error"
