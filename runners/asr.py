@@ -33,6 +33,8 @@ from whisperx_service.schema import (
     LanguageProbability,
     TimeSpan,
     Word,
+    WordTimestampMethod,
+    word_timing_method,
 )
 
 if TYPE_CHECKING:
@@ -120,24 +122,15 @@ class ASR:
     # --- APIs ----------------------------------------------------------------------------------
 
     @bentoml.api
-    def plan(self, audio: np.ndarray, language: str | None = None, request_id: str | None = None) -> AsrPlan:
-        """Speech chunks of 16 kHz mono float32 audio, and its language when that is known.
-
-        A language left None is detected when the first speech chunk is decoded (`decode`), on
-        the encoder output the decode computes anyway. (whisperx detects it in an encoder pass of
-        its own over the first 30 s of the recording, silence included.)
-        """
+    def plan(self, audio: np.ndarray, request_id: str | None = None) -> AsrPlan:
+        """Speech chunks of 16 kHz mono float32 audio (the pipeline decides the language)."""
         with bind_request_id(request_id):
             started = time.perf_counter()
             audio = np.ascontiguousarray(audio, dtype=np.float32)
             chunks = self._speech_chunks(audio)
-            probability: float | None = None
-            if self.english_only:
-                language, probability = "en", 1.0
-            logger.info("planned %.1f s: %d chunks, language %s in %.2f s", audio.shape[0] / SAMPLE_RATE,
-                        len(chunks), language or "to detect", time.perf_counter() - started)
-            return AsrPlan(chunks=chunks, language=language, language_probability=probability,
-                           model=self.model_tag)
+            logger.info("planned %.1f s: %d chunks in %.2f s", audio.shape[0] / SAMPLE_RATE,
+                        len(chunks), time.perf_counter() - started)
+            return AsrPlan(chunks=chunks, multilingual=not self.english_only, model=self.model_tag)
 
     @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=settings.asr_batch_size,
                  max_latency_ms=int(settings.stage_timeout_s * 1000))
@@ -155,8 +148,7 @@ class ASR:
                 if language is None:
                     texts = self._detect_and_decode(batch, task, prompt, aligned)
                 else:
-                    texts = self._decode_batch(batch, self._encode(batch), language, task, prompt,
-                                               word_timestamps=language not in aligned)
+                    texts = self._decode_batch(batch, self._encode(batch), language, task, prompt, aligned)
                 for index, text in zip(part, texts, strict=True):
                     results[index] = text
         logger.info("decoded a batch of %d chunks (%d groups) in %.2f s", len(jobs), len(groups),
@@ -190,15 +182,14 @@ class ASR:
             part = [i for i, (lang, _) in enumerate(ranked) if lang == language]
             # Usually one language per batch: reuse the encoder output; else encode each group.
             group = encoded if len(part) == len(batch) else self._encode([batch[i] for i in part])
-            texts = self._decode_batch([batch[i] for i in part], group, language, task, prompt,
-                                       word_timestamps=language not in aligned)
+            texts = self._decode_batch([batch[i] for i in part], group, language, task, prompt, aligned)
             for i, text in zip(part, texts, strict=True):
                 out[i] = text.model_copy(update={"language_probability": round(ranked[i][1], 4)})
         return [text for text in out if text is not None]
 
     def _decode_batch(
         self, batch: list[ChunkJob], encoded: tuple[np.ndarray, Any], language: str, task: str,
-        prompt: str | None, word_timestamps: bool,
+        prompt: str | None, aligned: tuple[str, ...],
     ) -> list[ChunkText]:
         tokenizer = self._tokenizer(language, task)
         options = self.pipeline.options
@@ -207,7 +198,7 @@ class ASR:
         features, encoder_output = encoded
         texts, logprobs, tokens = self._generate(encoder_output, tokenizer, options, len(batch))
         words: list[list[Word] | None] = [None] * len(batch)
-        if word_timestamps:
+        if word_timing_method(language, aligned) is WordTimestampMethod.whisper:
             words = self._whisper_words(batch, tokens, features, encoder_output, tokenizer, options)
         return [ChunkText(text=t.strip(), avg_logprob=lp, words=w, language=language)
                 for t, lp, w in zip(texts, logprobs, words, strict=True)]

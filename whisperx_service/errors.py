@@ -27,15 +27,12 @@ class ServiceError(Exception):
         """Extra response headers (WWW-Authenticate, Retry-After) the answer must carry."""
         return {}
 
-    def to_body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    def to_body(self, request_id: str | None = None) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": self.message, "type": self.error_type, "param": self.param,
+                                 "code": self.code}
+        if request_id is not None:
+            error["request_id"] = request_id
+        return {"error": error}
 
 
 class InvalidRequest(ServiceError):
@@ -81,6 +78,14 @@ class InvalidAudio(InvalidRequest):
     """ffmpeg could not decode the upload (not audio, truncated, corrupt header)."""
 
     code = "invalid_audio"
+
+
+class DecodeLimitExceeded(InvalidRequest):
+    """ffprobe/ffmpeg ran past its wall-clock, CPU-time or memory bound on this upload and was
+    stopped: a pathological or hostile file (`decode_timeout`, `decode_memory_exceeded`)."""
+
+    status_code = 422
+    code = "decode_limit_exceeded"
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -129,6 +134,13 @@ class Unavailable(ServiceError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class DecoderFailed(ServiceError):
+    """ffprobe/ffmpeg could not run at all here (missing library, limits set too low): ours."""
+
+    status_code = 500
+    code = "decoder_failed"
+
+
 class StageFailed(ServiceError):
     """A runner (ASR, alignment, diarization) failed: the request fails whole, never partially."""
 
@@ -149,6 +161,20 @@ def from_http_exception(status_code: int, detail: object) -> ServiceError:
     if status_code < 500:
         error.error_type = "invalid_request_error"
     return error
+
+
+def from_validation_error(errors: list[Any]) -> InvalidParameter:
+    """FastAPI's request-validation errors (a field of the wrong type) as one 422 naming the field."""
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "form")]
+    param = location[-1] if location else None
+    message = str(first.get("msg", "invalid request"))
+    return InvalidParameter(f"{param}: {message}" if param else message, param=param)
+
+
+def internal_error() -> ServiceError:
+    """What the client sees of a failure we did not foresee: no message, trace or path of ours."""
+    return ServiceError("internal error: the failure is logged under this request id")
 
 
 def is_transient_transport_error(exc: BaseException) -> bool:

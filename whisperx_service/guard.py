@@ -1,5 +1,9 @@
 """The gateway's front door: one ASGI middleware in front of every route, BentoML's own included.
 
+Every request gets an id (the client's ``x-request-id``, or a new one), every response carries
+it, and every error body is OpenAI's envelope with it: BentoML's own routes answer errors in other
+shapes, and an exception nothing else caught becomes a 500 envelope with no trace or path.
+
 In order, for each HTTP request:
 1. ``/healthz``, ``/livez``, ``/metrics`` pass untouched; ``/readyz`` answers 503 while draining
    and is cut off after a few seconds (BentoML's probe of the runners can otherwise hang).
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -31,8 +36,11 @@ from .errors import (
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
+    from_http_exception,
+    internal_error,
 )
 from .jobs import TASK_RESULT_PATHS, task_result_error
+from .logs import bind_request_id, new_request_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,7 +58,12 @@ class _BodyTooLarge(Exception):
     """Raised into the app from `receive` when a streamed body crosses the limit."""
 
 
+REQUEST_ID_HEADER = b"x-request-id"
+logger = logging.getLogger("whisperx_service.gateway")
+
+
 async def send_error(send: Send, error: ServiceError, extra_headers: dict[str, str] | None = None) -> None:
+    """Answer with `error` in the envelope (the request id is added by `_enveloping`'s send)."""
     body = json.dumps(error.to_body()).encode()
     headers = {"content-type": "application/json", "content-length": str(len(body)),
                **error.headers(), **(extra_headers or {})}
@@ -73,6 +86,18 @@ class GatewayGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = _ensure_request_id(scope)
+        enveloped = _Enveloping(send, request_id)
+        with bind_request_id(request_id):
+            try:
+                await self._guarded(scope, receive, enveloped.send)
+            except Exception:  # noqa: BLE001 - the boundary: whatever escaped is logged, answered 500
+                if enveloped.started:  # answered already (the app's own handler logged it)
+                    return
+                logger.exception("unhandled failure")
+                await send_error(enveloped.send, internal_error())
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path in OPEN_PATHS:
             if path == "/readyz":
@@ -215,3 +240,69 @@ class GatewayGuard:
     def _rejected(gateway: Any, error: ServiceError) -> None:
         if gateway is not None:
             gateway.metrics.rejected.labels(reason=error.code).inc()
+
+
+def _ensure_request_id(scope: Scope) -> str:
+    """The client's ``x-request-id`` (bounded), or a new one put on the request for the routes."""
+    headers: list[tuple[bytes, bytes]] = list(scope["headers"])
+    for name, value in headers:
+        if name.lower() == REQUEST_ID_HEADER:
+            given = value.decode("latin-1").strip()[:64]
+            if given and given.isprintable():
+                return given
+    request_id = new_request_id()
+    scope["headers"] = [(n, v) for n, v in headers if n.lower() != REQUEST_ID_HEADER] + [
+        (REQUEST_ID_HEADER, request_id.encode())]
+    return request_id
+
+
+class _Enveloping:
+    """A `send` that puts the request id on every response and any non-envelope error body into
+    OpenAI's envelope (BentoML's own routes answer some errors as ``{"error": "..."}`` or text)."""
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self.request_id = request_id
+        self.started = False
+        self._held: Message | None = None  # an error's start message, until its body is seen
+        self._body = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != REQUEST_ID_HEADER]
+            message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, self.request_id.encode())]}
+            if int(message["status"]) >= 400:
+                self._held = message
+                return
+            await self._send(message)
+            return
+        if message["type"] == "http.response.body" and self._held is not None:
+            self._body += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            start, self._held = self._held, None
+            await self._send_error_body(start, self._body)
+            return
+        await self._send(message)
+
+    async def _send_error_body(self, start: Message, body: bytes) -> None:
+        status = int(start["status"])
+        try:
+            parsed = json.loads(body or b"null")
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            parsed["error"]["request_id"] = self.request_id
+        else:
+            detail = parsed.get("error") or parsed.get("detail") if isinstance(parsed, dict) else None
+            if status >= 500:  # BentoML's text may carry a trace: keep ours
+                detail = internal_error().message
+            error = from_http_exception(status, detail or body.decode("utf-8", "replace")[:200] or "refused")
+            parsed = error.to_body(self.request_id)
+        out = json.dumps(parsed).encode()
+        headers = [(n, v) for n, v in start.get("headers", [])
+                   if n.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]
+        await self._send({**start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": out})

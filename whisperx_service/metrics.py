@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .schema import TranscriptionResponse
+
 _STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560)
 
 
@@ -35,5 +37,8 @@ class GatewayMetrics:
             multiprocess_mode="livesum", registry=None,
         )
 
-    def stage(self, stage: str, seconds: float) -> None:
-        self.stage_seconds.labels(stage=stage).observe(seconds)
+    def observe(self, response: TranscriptionResponse) -> None:
+        """One transcribed request: the wall time of each of its stages, and its audio."""
+        for stage, timing in response.timings.items():
+            self.stage_seconds.labels(stage=stage).observe(timing.end - timing.start)
+        self.audio_seconds.inc(response.duration)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .chinese import ZhScript
 from .errors import InvalidParameter
+from .schema import SpeakerCountError, check_speaker_counts
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -40,17 +41,19 @@ def _pick(name: str, form: Mapping[str, str | None], query: Mapping[str, str]) -
     return value or None
 
 
-def _count(name: str, raw: str | None, limit: int) -> int | None:
+def _whole(name: str, raw: str | None) -> int | None:
     if raw is None:
         return None
     try:
-        value = int(raw, 10)
+        return int(raw, 10)
     except ValueError:
         raise InvalidParameter(f"{name} must be a whole number, got {raw[:40]!r}", param=name) from None
-    if value < 1:
-        raise InvalidParameter(f"{name} must be at least 1, got {value}", param=name)
-    if value > limit:
-        raise InvalidParameter(f"{name} must be at most {limit}, got {value}", param=name)
+
+
+def _count(name: str, raw: str | None, limit: int) -> int | None:
+    value = _whole(name, raw)
+    if value is not None and not 1 <= value <= limit:
+        raise InvalidParameter(f"{name} must lie in 1..{limit}, got {value}", param=name)
     return value
 
 
@@ -88,15 +91,12 @@ def parse_transcribe_params(
     max_speakers_limit: int,
     default_zh_script: str,
 ) -> TranscribeParams:
-    num = _count("num_speakers", _pick("num_speakers", form, query), max_speakers_limit)
-    low = _count("min_speakers", _pick("min_speakers", form, query), max_speakers_limit)
-    high = _count("max_speakers", _pick("max_speakers", form, query), max_speakers_limit)
-    if low is not None and high is not None and low > high:
-        raise InvalidParameter(
-            f"min_speakers ({low}) is greater than max_speakers ({high})", param="min_speakers"
-        )
-    if num is not None and ((low is not None and num < low) or (high is not None and num > high)):
-        raise InvalidParameter("num_speakers lies outside min_speakers..max_speakers", param="num_speakers")
+    num, low, high = (_whole(name, _pick(name, form, query))
+                      for name in ("num_speakers", "min_speakers", "max_speakers"))
+    try:
+        check_speaker_counts(num, low, high, max_speakers_limit)
+    except SpeakerCountError as error:
+        raise InvalidParameter(str(error), param=error.param) from None
     script_raw = _pick("zh_script", form, query) or default_zh_script
     try:
         script = ZhScript(script_raw.lower())

@@ -37,6 +37,31 @@ class WordTimestampMethod(StrEnum):
     none = "none"  # no speech: nothing to time
 
 
+def word_timing_method(language: str, aligned_languages: list[str] | tuple[str, ...]) -> WordTimestampMethod:
+    """The one word-timing rule: wav2vec2 where an aligner holds the language, else Whisper's own."""
+    return WordTimestampMethod.wav2vec2 if language in aligned_languages else WordTimestampMethod.whisper
+
+
+class SpeakerCountError(ValueError):
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def check_speaker_counts(num: int | None, low: int | None, high: int | None, limit: int | None = None) -> None:
+    """The one speaker-count rule (gateway and diarization backends): each at least 1 (and at
+    most `limit`), min <= max, num inside min..max. Raises `SpeakerCountError` naming the field."""
+    for name, value in (("num_speakers", num), ("min_speakers", low), ("max_speakers", high)):
+        if value is not None and value < 1:
+            raise SpeakerCountError(f"{name} must be at least 1, got {value}", name)
+        if value is not None and limit is not None and value > limit:
+            raise SpeakerCountError(f"{name} must be at most {limit}, got {value}", name)
+    if low is not None and high is not None and low > high:
+        raise SpeakerCountError(f"min_speakers ({low}) is greater than max_speakers ({high})", "min_speakers")
+    if num is not None and ((low is not None and num < low) or (high is not None and num > high)):
+        raise SpeakerCountError("num_speakers lies outside min_speakers..max_speakers", "num_speakers")
+
+
 class AlignmentInfo(BaseModel):
     method: WordTimestampMethod
     model: str | None = Field(None, description="Model-store tag of the alignment model used.")
@@ -98,12 +123,10 @@ class TimeSpan(BaseModel):
 
 
 class AsrPlan(BaseModel):
-    """What the ASR runner's first step finds: speech chunks (<= 30 s) and, when it is known
-    without decoding (given, or an English-only model), the language."""
+    """What the ASR runner's first step finds: speech chunks (<= 30 s), and what its model is."""
 
     chunks: list[TimeSpan]
-    language: str | None
-    language_probability: float | None = None
+    multilingual: bool = Field(description="False for an English-only model (tiny.en...).")
     model: str
 
 

@@ -118,7 +118,9 @@ def full_text(response: TranscriptionResponse) -> str:
 
 
 def render_transcribe(response: TranscriptionResponse, fmt: str, options: SubtitleOptions) -> Rendered:
-    """/transcribe's output_format (json is the response model itself, not rendered here)."""
+    """/transcribe's output_format: WhisperX's JSON (the response model), or a whisperx writer's text."""
+    if fmt == "json":
+        return Rendered(response.model_dump_json(), MEDIA_TYPES["json"])
     return Rendered(write_with_whisperx(response, fmt, options), MEDIA_TYPES[fmt])
 
 

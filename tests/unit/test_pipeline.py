@@ -1,0 +1,232 @@
+"""The pipeline in process, over fake runners (no models): order, overlap, rules, failures, retries."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
+
+from whisperx_service.errors import StageFailed
+from whisperx_service.params import TranscribeParams
+from whisperx_service.pipeline import Pipeline, PipelineLimits
+from whisperx_service.schema import (
+    AlignResult,
+    AsrPlan,
+    ChunkJob,
+    ChunkText,
+    DiarizationResult,
+    Segment,
+    SpeakerTurn,
+    TimeSpan,
+    Word,
+)
+
+RATE = 16_000
+CHUNKS = [TimeSpan(start=0.5, end=4.0), TimeSpan(start=5.0, end=9.0), TimeSpan(start=10.0, end=11.5)]
+AUDIO = np.zeros(12 * RATE, dtype=np.float32)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def __call__(self, name: str) -> None:
+        self.log.append(name)
+
+    def index(self, name: str) -> int:
+        return self.log.index(name)
+
+
+class FakeASR:
+    def __init__(self, events: Events, *, multilingual: bool = True, detected: str = "en",
+                 fail: BaseException | None = None, disconnects: int = 0) -> None:
+        self.events, self.multilingual, self.detected = events, multilingual, detected
+        self.fail, self.disconnects = fail, disconnects
+        self.jobs: list[ChunkJob] = []
+
+    async def plan(self, *, audio: np.ndarray, request_id: str | None = None) -> AsrPlan:
+        self.events("plan")
+        return AsrPlan(chunks=CHUNKS, multilingual=self.multilingual, model="fake-whisper:1")
+
+    async def decode(self, jobs: list[ChunkJob]) -> list[ChunkText]:
+        if self.disconnects:
+            self.disconnects -= 1
+            raise aiohttp.ServerDisconnectedError()
+        if self.fail is not None:
+            raise self.fail
+        (job,) = jobs
+        self.jobs.append(job)
+        self.events(f"decode@{job.offset}")
+        await asyncio.sleep(0.01)
+        language = job.language or self.detected
+        end = job.offset + job.audio.shape[0] / RATE
+        words = None
+        if language not in job.aligned_languages:
+            words = [Word(word="word.", start=job.offset, end=end, score=0.9)]
+        return [ChunkText(text=f"text at {job.offset}.", words=words, language=language,
+                          language_probability=None if job.language else 0.9)]
+
+    async def detect_language(self, *, audio: np.ndarray, top_k: int = 5) -> Any:
+        raise AssertionError("not used")
+
+
+class FakeAligner:
+    def __init__(self, events: Events, languages: list[str], fail: BaseException | None = None,
+                 gate: asyncio.Event | None = None) -> None:
+        self.events, self._languages, self.fail, self.gate = events, languages, fail, gate
+
+    async def languages(self) -> list[str]:
+        return self._languages
+
+    async def align(self, *, audio: np.ndarray, segments: list[Any], language: str,
+                    request_id: str | None = None) -> AlignResult:
+        self.events("align")
+        if self.gate is not None:
+            self.gate.set()
+        if self.fail is not None:
+            raise self.fail
+        return AlignResult(model="fake-aligner:1", segments=[
+            Segment(start=s.start, end=s.end, text=s.text,
+                    words=[Word(word=s.text, start=s.start, end=s.end, score=0.8)]) for s in segments])
+
+
+class FakeDiarizer:
+    def __init__(self, events: Events, fail: BaseException | None = None,
+                 wait_for: asyncio.Event | None = None) -> None:
+        self.events, self.fail, self.wait_for = events, fail, wait_for
+
+    async def diarize(self, *, audio: np.ndarray, num_speakers: int | None = None,
+                      min_speakers: int | None = None, max_speakers: int | None = None,
+                      request_id: str | None = None) -> DiarizationResult:
+        self.events("diarize:start")
+        if self.wait_for is not None:  # ends only once alignment has started
+            await asyncio.wait_for(self.wait_for.wait(), timeout=2)
+        else:
+            await asyncio.sleep(0.02)
+        if self.fail is not None:
+            raise self.fail
+        self.events("diarize:end")
+        turns = [SpeakerTurn(start=0.0, end=4.5, speaker="SPEAKER_00"),
+                 SpeakerTurn(start=4.5, end=12.0, speaker="SPEAKER_01")]
+        return DiarizationResult(turns=turns, backend="fake", num_speakers=2)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self.seconds: list[float] = []
+
+    def stage(self, name: str) -> None:
+        self.stages.append(name)
+
+    def transcribed(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+def run(pipeline: Pipeline, params: TranscribeParams | None = None, progress: Recorder | None = None) -> Any:
+    return asyncio.run(pipeline.run(AUDIO, params or TranscribeParams(), request_id="test",
+                                    progress=progress))
+
+
+def test_stage_order_and_speakers_on_every_word() -> None:
+    events = Events()
+    pipeline = Pipeline(FakeASR(events), FakeAligner(events, ["en"]), FakeDiarizer(events))
+    response = run(pipeline)
+    assert events.index("plan") < events.index("decode@0.5") < events.index("align")
+    assert all(events.index(f"decode@{c.start}") < events.index("align") for c in CHUNKS)
+    assert response.alignment.method == "wav2vec2" and response.alignment.model == "fake-aligner:1"
+    assert [s.speaker for s in response.segments] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_01"]
+    assert all(w.speaker for w in response.word_segments)
+    assert response.diarization.num_speakers == 2 and response.duration == 12.0
+    assert set(response.timings) == {"asr", "align", "diarize"}
+
+
+def test_asr_and_diarization_overlap_and_alignment_starts_before_diarization_ends() -> None:
+    async def go() -> tuple[Events, Any]:
+        events, gate = Events(), asyncio.Event()
+        pipeline = Pipeline(FakeASR(events), FakeAligner(events, ["en"], gate=gate),
+                            FakeDiarizer(events, wait_for=gate))
+        return events, await pipeline.run(AUDIO, TranscribeParams(), request_id="t")
+
+    events, response = asyncio.run(go())  # the diarizer fails after 2 s unless alignment started
+    assert events.index("diarize:start") < events.index("decode@5.0")
+    assert events.index("align") < events.index("diarize:end")
+    asr, diarize = response.timings["asr"], response.timings["diarize"]
+    assert diarize.start < asr.end
+
+
+def test_the_language_rule() -> None:
+    # A given language goes with every chunk.
+    events = Events()
+    asr = FakeASR(events)
+    run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)), TranscribeParams(language="zh"))
+    assert {job.language for job in asr.jobs} == {"zh"}
+    # None: the first chunk alone, detected; the others follow in its language.
+    asr = FakeASR(events, detected="de")
+    response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))
+    assert [job.language for job in asr.jobs] == [None, "de", "de"]
+    assert response.language == "de" and response.language_probability == 0.9
+    # An English-only model: English, never detected.
+    asr = FakeASR(events, multilingual=False)
+    response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))
+    assert {job.language for job in asr.jobs} == {"en"} and response.language == "en"
+
+
+def test_the_word_timing_rule() -> None:
+    events = Events()
+    response = run(Pipeline(FakeASR(events), FakeAligner(events, ["zh"]), FakeDiarizer(events)))
+    assert "align" not in events.log and response.alignment.method == "whisper"
+    assert all(w.start is not None for w in response.word_segments)
+    assert [s.text for s in response.segments] == ["word.", "word.", "word."]
+
+
+@pytest.mark.parametrize("stage, failure, status", [
+    ("asr", RuntimeError("cuda"), 502), ("asr", ServiceUnavailable("busy"), 503),
+    ("align", BentoMLException("boom"), 502), ("diarize", TimeoutError(), 504),
+    ("diarize", ValueError("bad"), 502),
+])
+def test_each_stage_failure_is_its_own_5xx(stage: str, failure: BaseException, status: int) -> None:
+    events = Events()
+    pipeline = Pipeline(FakeASR(events, fail=failure if stage == "asr" else None),
+                        FakeAligner(events, ["en"], fail=failure if stage == "align" else None),
+                        FakeDiarizer(events, fail=failure if stage == "diarize" else None))
+    with pytest.raises(StageFailed) as caught:
+        run(pipeline)
+    assert caught.value.status_code == status
+    assert caught.value.code == f"{stage}_failed"
+
+
+def test_a_stage_over_its_timeout_is_504() -> None:
+    events = Events()
+    gate = asyncio.Event()  # never set: the diarizer waits past the stage timeout
+    pipeline = Pipeline(FakeASR(events), FakeAligner(events, []), FakeDiarizer(events, wait_for=gate),
+                        PipelineLimits(stage_timeout_s=0.2))
+    with pytest.raises(StageFailed) as caught:
+        run(pipeline)
+    assert caught.value.status_code == 504 and caught.value.code == "diarize_failed"
+
+
+def test_a_lost_runner_connection_is_sent_again() -> None:
+    events = Events()
+    asr = FakeASR(events, disconnects=2)
+    response = run(Pipeline(asr, FakeAligner(events, ["en"]), FakeDiarizer(events)))
+    assert len(asr.jobs) == len(CHUNKS) and len(response.segments) == len(CHUNKS)
+
+
+def test_progress_is_reported_per_chunk() -> None:
+    events, progress = Events(), Recorder()
+    run(Pipeline(FakeASR(events), FakeAligner(events, ["en"]), FakeDiarizer(events)), progress=progress)
+    assert progress.stages == ["asr", "align"]
+    assert len(progress.seconds) == len(CHUNKS)
+    assert progress.seconds == sorted(progress.seconds) and progress.seconds[-1] == pytest.approx(12.0)
+
+
+def test_no_samples_is_an_empty_result_without_runner_calls() -> None:
+    events = Events()
+    pipeline = Pipeline(FakeASR(events), FakeAligner(events, []), FakeDiarizer(events))
+    response = asyncio.run(pipeline.run(np.zeros(0, dtype=np.float32), TranscribeParams(), request_id="t"))
+    assert response.segments == [] and response.alignment.method == "none" and events.log == []

@@ -1,0 +1,90 @@
+"""The one request envelope of every transcription: sync routes and async jobs alike.
+
+A request arrives with an id (the guard gives one to any request without ``x-request-id``), its
+upload is decoded once, the pipeline runs, metrics and one log line record it, and the answer
+carries the id. Errors leave as `ServiceError`s, answered by the app's handlers in one envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+import bentoml
+import numpy as np
+from fastapi import Depends, Request
+from starlette.responses import Response
+
+from ..audio import SAMPLE_RATE
+from ..config import Settings
+from ..logs import bind_request_id
+from ..metrics import GatewayMetrics
+from ..params import TranscribeParams
+from ..pipeline import Pipeline, Progress, StageClock
+from ..schema import StageTiming, TranscriptionResponse
+from ..writers import Rendered
+
+logger = logging.getLogger("whisperx_service.gateway")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class Gateway(Protocol):
+    """What the HTTP layer needs of the gateway service instance."""
+
+    settings: Settings
+    pipeline: Pipeline
+    metrics: GatewayMetrics
+    lifecycle: Any
+    job_board: Any
+
+
+# A route's handle on the gateway instance of this worker (its pipeline, settings, metrics).
+GatewayDep = Annotated[Any, Depends(bentoml.get_current_service)]
+
+
+class JobProgress(Progress, Protocol):
+    def audio(self, seconds: float) -> None: ...
+
+
+def request_id_of(request: Request) -> str:
+    """The id the guard put on the request (a client's own ``x-request-id`` is kept)."""
+    from ..logs import new_request_id
+
+    return request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+
+
+@dataclass(frozen=True)
+class Transcribed:
+    response: TranscriptionResponse
+    seconds: float  # wall time since the request arrived
+
+
+async def transcribe(
+    gateway: Gateway, request_id: str, decode: Awaitable[np.ndarray], params: TranscribeParams,
+    progress: JobProgress | None = None,
+) -> Transcribed:
+    """Decode (timed as the decode stage), run the pipeline, record metrics and one log line."""
+    with bind_request_id(request_id):
+        clock = StageClock()
+        start = clock.now()
+        try:
+            audio = await decode
+        finally:
+            clock.stages["decode"] = StageTiming(start=start, end=clock.now())
+        if progress is not None:
+            progress.audio(audio.shape[0] / SAMPLE_RATE)
+        response = await gateway.pipeline.run(audio, params, request_id=request_id, clock=clock,
+                                              progress=progress)
+        gateway.metrics.observe(response)
+        if progress is not None:
+            progress.stage("render")
+        logger.info("transcribed %.1f s in %.2f s: %d segments, language %s",
+                    response.duration, clock.now(), len(response.segments), response.language)
+        return Transcribed(response, clock.now())
+
+
+def answer(rendered: Rendered, request_id: str) -> Response:
+    return Response(rendered.body, media_type=rendered.media_type, headers={REQUEST_ID_HEADER: request_id})

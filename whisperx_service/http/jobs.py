@@ -1,0 +1,132 @@
+"""Async jobs for long recordings, on BentoML's task support (`@bentoml.task`).
+
+`JobTasks` is a mixin of the gateway service: each task is a BentoML task endpoint, so BentoML
+gives it ``<route>/submit`` (a task id at once), ``<route>/status`` and ``<route>/get`` (results
+in BentoML's result store, kept for 24 h). Each job takes the same form model as its sync route
+and goes through the same envelope; ``GET /jobs/{task_id}`` reads its progress record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from bentoml import IODescriptor
+from fastapi import APIRouter
+from pydantic import Field
+from starlette.responses import JSONResponse, Response
+
+from ..audio import decode_audio
+from ..errors import JobNotFound, ServiceError, internal_error
+from ..jobs import JobBoard, JobRecord, stored_status
+from ..logs import bind_request_id
+from ..schema import JobProgress, JobState
+from ..writers import render_transcribe
+from .envelope import Gateway, GatewayDep, answer, transcribe
+from .openai import TranscriptionForm, openai_transcription
+from .transcribe import TranscribeForm
+
+logger = logging.getLogger("whisperx_service.jobs")
+
+
+class TranscribeJobInput(TranscribeForm, IODescriptor):
+    """/transcribe's form as a job: the same fields, and the recording BentoML spools."""
+
+    audio_file: Path = Field(description="The recording (any format ffmpeg reads).")
+
+
+class TranscriptionJobInput(TranscriptionForm, IODescriptor):
+    """/v1/audio/transcriptions' form as a job; granularities comma-separated."""
+
+    file: Path = Field(description="The recording (any format ffmpeg reads).")
+    timestamp_granularities: str | None = Field(
+        None, description="Comma-separated: word, segment (verbose_json).", examples=["word,segment"])
+
+
+class JobTasks:
+    """Mixin of the gateway: the async-job task endpoints (see the module doc)."""
+
+    @property
+    def job_board(self: Gateway) -> JobBoard:
+        board = self.__dict__.get("_job_board")
+        if board is None:
+            board = self.__dict__["_job_board"] = JobBoard(self.settings.job_retention_s)
+        return board
+
+    async def _run_job(self: Any, ctx: bentoml.Context, kind: str, result_url: str,
+                       work: Callable[[str, JobRecord], Awaitable[Response]]) -> Response:
+        task_id = str(getattr(ctx.request.state, "task_id", "") or "sync")
+        request_id = task_id[:16]
+        record = self.job_board.start(task_id, kind, f"{result_url}?task_id={task_id}")
+        with bind_request_id(request_id), self.lifecycle.hold():
+            try:
+                response = await work(request_id, record)
+            except ServiceError as exc:
+                logger.warning("job %s failed: %s", task_id, exc.message)
+                record.fail(exc.to_body(request_id))
+                return JSONResponse(exc.to_body(request_id), status_code=exc.status_code)
+            except BaseException:
+                record.fail(internal_error().to_body(request_id))
+                raise
+            record.finish()
+            logger.info("job %s done", task_id)
+            return response
+
+    def _decode(self: Any, path: Path) -> Awaitable[Any]:
+        return decode_audio(Path(path), max_seconds=self.settings.max_audio_seconds)
+
+    @bentoml.task(route="/jobs/transcribe", input_spec=TranscribeJobInput)
+    async def transcribe_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
+        """/transcribe as an async job (seed shape): submit, poll GET /jobs/{task_id}, then get."""
+        form = TranscribeJobInput.model_validate(fields)
+
+        async def work(request_id: str, record: JobRecord) -> Response:
+            params, fmt, options = form.parse(self, {})
+            done = await transcribe(self, request_id, self._decode(form.audio_file), params, record)
+            return answer(render_transcribe(done.response, fmt, options), request_id)
+
+        return await self._run_job(ctx, "transcribe", "/jobs/transcribe/get", work)
+
+    @bentoml.task(route="/v1/audio/transcriptions/jobs", input_spec=TranscriptionJobInput)
+    async def transcription_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
+        """/v1/audio/transcriptions as an async job (OpenAI shape): submit, poll, get."""
+        form = TranscriptionJobInput.model_validate(fields)
+
+        async def work(request_id: str, record: JobRecord) -> Response:
+            params, options = form.parse(self, "transcribe", (form.timestamp_granularities or "").split(","))
+            return await openai_transcription(self, request_id, "transcribe", self._decode(form.file),
+                                              params, options, record)
+
+        return await self._run_job(ctx, "transcription", "/v1/audio/transcriptions/jobs/get", work)
+
+
+router = APIRouter(tags=["async jobs"])
+
+
+@router.get("/jobs/{task_id}", response_model=JobProgress,
+            responses={404: {"description": "Unknown or expired task id (OpenAI's error envelope)."}})
+async def job_progress(task_id: str, gateway: GatewayDep) -> JobProgress:
+    """Progress of an async job: state, stage, and the fraction of the audio transcribed."""
+    board: JobBoard = gateway.job_board
+    try:
+        return board.get(task_id).progress
+    except JobNotFound:
+        stored = await asyncio.to_thread(stored_status, task_id)
+        if stored is None:
+            raise
+    # Known to BentoML's result store but not (or no longer) to this worker: queued, or finished
+    # before a worker restart.
+    name, status, created = stored
+    state = {"completed": JobState.completed, "failed": JobState.failed}.get(status, JobState.queued)
+    kind, url = ("transcribe", "/jobs/transcribe/get") if name == "transcribe_job" else (
+        "transcription", "/v1/audio/transcriptions/jobs/get")
+    return JobProgress(task_id=task_id, kind=kind, state=state, stage=state.value if state != JobState.completed
+                       else "done", fraction=1.0 if state == JobState.completed else 0.0,
+                       created_at=created, updated_at=time.time(), result_url=f"{url}?task_id={task_id}")
+
+

@@ -1,0 +1,167 @@
+"""OpenAI-compatible audio API: ``/v1/audio/transcriptions``, ``/v1/audio/translations``, ``/v1/models``.
+
+Like OpenAI, an unknown model is 404 (`model_not_found`) and a bad field value 400, while the
+speaker and language fields shared with /transcribe keep their 422.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Annotated, Any
+
+import bentoml
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import get_settings
+from ..errors import MissingFile, ModelNotFound
+from ..params import OpenAIParams, SubtitleOptions, parse_openai_params, parse_subtitle_options
+from ..schema import ModelCard, ModelList, OpenAIVerboseTranscription
+from ..uploads import decode_upload
+from ..writers import render_openai
+from .envelope import Gateway, GatewayDep, answer, request_id_of, transcribe
+
+logger = logging.getLogger("whisperx_service.openai")
+router = APIRouter(tags=["OpenAI-compatible"])
+OPENAI_ALIAS = "whisper-1"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Missing/undecodable file or a bad field value (OpenAI's error envelope)."},
+    404: {"description": "Unknown model (`model_not_found`)."},
+    413: {"description": "Upload or recording over the limits."},
+    422: {"description": "Bad speaker count or language."},
+    502: {"description": "A runner failed (`asr_failed`, `diarize_failed`, `align_failed`)."},
+}
+_FORMATS_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "json ({text, usage}), verbose_json (this schema), diarized_json "
+                       "({task, duration, text, segments: [{id, type, start, end, text, speaker}]}); "
+                       "text, srt, vtt and tsv are text.",
+        "model": OpenAIVerboseTranscription,
+        "content": {
+            "text/plain": {"example": "And so, my fellow Americans, ask not what your country can do for you.\n"},
+            "application/x-subrip": {"example": "1\n00:00:00,000 --> 00:00:02,000\n[SPEAKER_00]: And so,\n"},
+            "text/vtt": {"example": "WEBVTT\n\n00:00.000 --> 00:02.000\n[SPEAKER_00]: And so,\n"},
+        },
+    },
+}
+
+
+def served_models() -> dict[str, str]:
+    """Accepted `model` names -> the served model: its store name, and OpenAI's whisper-1 alias."""
+    name = get_settings().asr_model
+    return {name: name, OPENAI_ALIAS: name}
+
+
+def _created(name: str) -> int:
+    try:
+        info = bentoml.models.get(name).info
+    except bentoml.exceptions.NotFound:
+        return 0
+    created: datetime.datetime = info.creation_time
+    return int(created.timestamp())
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models() -> ModelList:
+    """The models this service holds: the ASR model in the store, and its alias whisper-1."""
+    name = get_settings().asr_model
+    created = _created(name)
+    return ModelList(data=[ModelCard(id=model, created=created) for model in served_models()])
+
+
+@router.get("/v1/models/{model}", response_model=ModelCard, responses={404: _ERRORS[404]})
+async def retrieve_model(model: str) -> ModelCard:
+    if model not in served_models():
+        raise ModelNotFound(f"The model `{model[:60]}` does not exist", param="model")
+    return ModelCard(id=model, created=_created(get_settings().asr_model))
+
+
+def _field(description: str, example: str) -> Any:
+    return Field(None, description=description, examples=[example])
+
+
+class TranslationForm(BaseModel):
+    """The fields of /v1/audio/translations (OpenAI's names)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = _field("whisper-1 or the served model's name (GET /v1/models).", "whisper-1")
+    prompt: str | None = _field("Whisper's initial prompt: names, spelling, style.", "Kennedy, Americans")
+    response_format: str | None = _field(
+        "json (default), text, srt, vtt, verbose_json, diarized_json (transcriptions only), or tsv.",
+        "verbose_json")
+    temperature: str | None = _field("Accepted (0..1) and ignored: decoding is one beam search "
+                                     "(WXS_BEAM_SIZE) with no temperature fallback.", "0")
+
+    def parse(self, gateway: Gateway, task: str, granularities: list[str]) -> tuple[OpenAIParams, SubtitleOptions]:
+        fields = self.model_dump()
+        settings = gateway.settings
+        params = parse_openai_params(
+            fields, granularities, task=task, served_models=served_models(),
+            max_speakers_limit=settings.max_speakers_limit, default_zh_script=settings.default_zh_script,
+        )
+        return params, parse_subtitle_options(fields, {})
+
+
+class TranscriptionForm(TranslationForm):
+    """The fields of /v1/audio/transcriptions: OpenAI's, plus speaker counts and subtitle options."""
+
+    language: str | None = _field("ISO-639-1 code of the speech; detected when absent.", "en")
+    min_speakers: str | None = _field("Extra: fewest speakers (diarizes).", "2")
+    max_speakers: str | None = _field("Extra: most speakers (diarizes).", "4")
+    num_speakers: str | None = _field("Extra: exact number of speakers (diarizes).", "2")
+    max_line_width: str | None = _field("Extra: srt/vtt line width, characters.", "42")
+    max_line_count: str | None = _field("Extra: srt/vtt lines per cue (with max_line_width).", "2")
+    highlight_words: str | None = _field("Extra: srt/vtt underline each word as spoken.", "false")
+
+
+async def openai_transcription(
+    gateway: Gateway, request_id: str, task: str, decode: Any, params: OpenAIParams,
+    options: SubtitleOptions, progress: Any = None,
+) -> Response:
+    """One OpenAI-shaped answer, for the routes and the async job alike."""
+    done = await transcribe(gateway, request_id, decode, params.transcribe, progress)
+    rendered = render_openai(done.response, params.response_format, task=task,
+                             granularities=params.granularities, temperature=params.temperature,
+                             options=options)
+    return answer(rendered, request_id)
+
+
+async def _audio_api(gateway: Gateway, request: Request, task: str, file: UploadFile | None,
+                     form: TranslationForm, granularities: list[str] | None) -> Response:
+    request_id = request_id_of(request)
+    params, options = form.parse(gateway, task, granularities or [])
+    if file is None:
+        raise MissingFile("send the recording as the multipart file field 'file'", param="file")
+    return await openai_transcription(gateway, request_id, task, decode_upload(file, gateway.settings),
+                                      params, options)
+
+
+_File = Annotated[UploadFile | None, File(description="The recording (any format ffmpeg reads).")]
+_Granularities = Annotated[list[str] | None, Form(
+    alias="timestamp_granularities[]", description="word and/or segment (verbose_json); default segment.",
+    examples=[["word", "segment"]])]
+
+
+@router.post("/v1/audio/transcriptions", responses={**_FORMATS_DOC, **_ERRORS}, response_class=Response)
+async def create_transcription(
+    gateway: GatewayDep, request: Request, form: Annotated[TranscriptionForm, Form()],
+    file: _File = None, timestamp_granularities: _Granularities = None,
+) -> Response:
+    """Speech to text in the language spoken (OpenAI's `audio.transcriptions.create`).
+
+    Speakers are diarized for `diarized_json` or when a speaker count is given; srt/vtt/text
+    cues then carry `[SPEAKER_00]: `.
+    """
+    return await _audio_api(gateway, request, "transcribe", file, form, timestamp_granularities)
+
+
+@router.post("/v1/audio/translations", responses={**_FORMATS_DOC, **_ERRORS}, response_class=Response)
+async def create_translation(
+    gateway: GatewayDep, request: Request, form: Annotated[TranslationForm, Form()], file: _File = None,
+) -> Response:
+    """Speech in any language to English text (OpenAI's `audio.translations.create`)."""
+    return await _audio_api(gateway, request, "translate", file, form, None)

@@ -1,0 +1,264 @@
+"""The request pipeline: decoded audio in, WhisperX's result out, over three runner handles.
+
+Order of stages: ASR (plan, then one `decode` call per speech chunk) and, beside it, diarization;
+alignment starts as soon as ASR ends, while diarization may still run; then speakers are given to
+words here, in process. The pipeline owns the rules that decide what each stage is asked: the
+language (given, English-only model, or detected on the first speech chunk) and the word timing
+(wav2vec2 when an aligner holds the language, Whisper's own timings otherwise). It knows nothing
+of HTTP or BentoML: the gateway hands it the runners' async proxies, tests hand it fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from .assemble import sentences_from_whisper_words, word_segments
+from .audio import SAMPLE_RATE
+from .chinese import convert_asr_segments
+from .errors import is_transient_transport_error, map_stage_error
+from .params import TranscribeParams
+from .schema import (
+    AlignmentInfo,
+    AlignResult,
+    AsrPlan,
+    AsrResult,
+    AsrSegment,
+    ChunkJob,
+    ChunkText,
+    DiarizationInfo,
+    DiarizationResult,
+    LanguageDetection,
+    Segment,
+    StageTiming,
+    TimeSpan,
+    TranscriptionResponse,
+    WordTimestampMethod,
+    word_timing_method,
+)
+from .speakers import assign_speakers
+
+logger = logging.getLogger("whisperx_service.pipeline")
+T = TypeVar("T")
+
+RUNNER_CALL_ATTEMPTS = 3
+
+
+class AsrRunner(Protocol):
+    async def plan(self, *, audio: np.ndarray, request_id: str | None = None) -> Any: ...
+    async def decode(self, jobs: list[ChunkJob]) -> Any: ...
+    async def detect_language(self, *, audio: np.ndarray, top_k: int = 5) -> Any: ...
+
+
+class AlignRunner(Protocol):
+    async def languages(self) -> Any: ...
+    async def align(self, *, audio: np.ndarray, segments: list[AsrSegment], language: str,
+                    request_id: str | None = None) -> Any: ...
+
+
+class DiarizeRunner(Protocol):
+    async def diarize(self, *, audio: np.ndarray, num_speakers: int | None = None,
+                      min_speakers: int | None = None, max_speakers: int | None = None,
+                      request_id: str | None = None) -> Any: ...
+
+
+class Progress(Protocol):
+    """What a caller may follow of one run (async jobs): stages, and audio seconds transcribed."""
+
+    def stage(self, name: str) -> None: ...
+    def transcribed(self, seconds: float) -> None: ...
+
+
+class StageClock:
+    """Stage timings relative to the request's arrival (proof that stages overlap)."""
+
+    def __init__(self) -> None:
+        self.origin = time.perf_counter()
+        self.stages: dict[str, StageTiming] = {}
+
+    def now(self) -> float:
+        return round(time.perf_counter() - self.origin, 4)
+
+    async def run(self, stage: str, call: Awaitable[T], timeout_s: float | None = None) -> T:
+        """Await one stage; whatever it raises leaves as one of our errors naming the stage."""
+        start = self.now()
+        try:
+            return await asyncio.wait_for(call, timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - mapped to our hierarchy, or re-raised
+            raise map_stage_error(stage, exc) from exc
+        finally:
+            self.stages[stage] = StageTiming(start=start, end=self.now())
+
+
+async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
+    """One runner call, sent again (up to 3 times) when its connection died before an answer.
+
+    Every runner API is a pure function of its inputs, so a call the runner never answered can
+    be sent again."""
+    for attempt in range(1, RUNNER_CALL_ATTEMPTS):
+        try:
+            return await call()
+        except Exception as exc:  # noqa: BLE001 - only transport deaths are retried; the rest re-raised
+            if not is_transient_transport_error(exc):
+                raise
+            logger.warning("runner connection lost (%s); sending the call again", type(exc).__name__)
+            await asyncio.sleep(0.05 * attempt)
+    return await call()
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    stage_timeout_s: float = 3600.0
+    chunks_in_flight: int = 16  # decode calls one request keeps open (memory, fairness)
+
+
+class Pipeline:
+    def __init__(self, asr: AsrRunner, aligner: AlignRunner, diarizer: DiarizeRunner,
+                 limits: PipelineLimits | None = None) -> None:
+        self.asr = asr
+        self.aligner = aligner
+        self.diarizer = diarizer
+        self.limits = limits or PipelineLimits()
+        self._aligned_languages: list[str] | None = None
+
+    async def aligned_languages(self) -> list[str]:
+        """Languages the alignment runner holds a wav2vec2 model for (asked once)."""
+        if self._aligned_languages is None:
+            self._aligned_languages = list(await call_runner(lambda: self.aligner.languages()))
+        return self._aligned_languages
+
+    async def run(self, audio: np.ndarray, params: TranscribeParams, *, request_id: str,
+                  clock: StageClock | None = None, progress: Progress | None = None) -> TranscriptionResponse:
+        """The whole graph on decoded 16-kHz mono float32 audio."""
+        clock = clock or StageClock()
+        duration = round(audio.shape[0] / SAMPLE_RATE, 3)
+        diarization = DiarizationInfo(enabled=params.diarize)
+        if audio.shape[0] == 0:
+            return TranscriptionResponse(
+                segments=[], word_segments=[], language=params.language or "", duration=0.0,
+                alignment=AlignmentInfo(method=WordTimestampMethod.none,
+                                        note="the recording holds no audio samples"),
+                diarization=diarization, timings=clock.stages, request_id=request_id,
+            )
+        aligned = await self.aligned_languages()
+        if progress is not None:
+            progress.stage("asr")
+
+        async def words() -> tuple[AsrResult, list[Segment], AlignmentInfo]:
+            asr = await self._stage(clock, "asr", self.transcribe(
+                audio, params, aligned, request_id,
+                on_chunk=progress.transcribed if progress is not None else None))
+            convert_asr_segments(asr.segments, asr.language, params.zh_script)
+            if progress is not None:
+                progress.stage("align")
+            return (asr, *await self._timed_words(audio, asr, aligned, clock, request_id))
+
+        if params.diarize:
+            diarize = self._stage(clock, "diarize", call_runner(lambda: self.diarizer.diarize(
+                audio=audio, num_speakers=params.num_speakers, min_speakers=params.min_speakers,
+                max_speakers=params.max_speakers, request_id=request_id)))
+            (asr, segments, alignment), raw_turns = await _gather_both(words(), diarize)
+            found = DiarizationResult.model_validate(raw_turns)
+            segments = assign_speakers(segments, found.turns)
+            diarization = DiarizationInfo(enabled=True, backend=found.backend,
+                                          num_speakers=found.num_speakers, speaker_turns=found.turns)
+        else:
+            asr, segments, alignment = await words()
+        return TranscriptionResponse(
+            segments=segments, word_segments=word_segments(segments), language=asr.language,
+            language_probability=asr.language_probability, duration=duration, alignment=alignment,
+            diarization=diarization, timings=clock.stages, request_id=request_id,
+        )
+
+    async def transcribe(
+        self, audio: np.ndarray, params: TranscribeParams, aligned: list[str], request_id: str,
+        on_chunk: Callable[[float], None] | None = None,
+    ) -> AsrResult:
+        """ASR as two runner steps: plan (VAD chunks), then one `decode` call per chunk.
+
+        The decode calls of every in-flight request meet in the ASR runner's adaptive batcher.
+        The language rule: a given language wins; an English-only model means English; otherwise
+        the first chunk goes alone, is detected on its own encoder output, and the others follow
+        in its language.
+        """
+        plan = AsrPlan.model_validate(await call_runner(
+            lambda: self.asr.plan(audio=audio, request_id=request_id)))
+        language: str | None = params.language
+        probability: float | None = None
+        if language is None and not plan.multilingual:
+            language, probability = "en", 1.0
+        in_flight = asyncio.Semaphore(self.limits.chunks_in_flight)
+        done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
+        total = audio.shape[0] / SAMPLE_RATE
+
+        async def decode(span: TimeSpan) -> ChunkText:
+            nonlocal done
+            job = ChunkJob(
+                audio=audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)],
+                offset=span.start, language=language, task=params.task, initial_prompt=params.prompt,
+                aligned_languages=aligned,
+            )
+            async with in_flight:
+                (text,) = await call_runner(lambda: self.asr.decode([job]))
+            if on_chunk is not None:  # progress in audio seconds, by the share of speech decoded
+                done += span.end - span.start
+                on_chunk(total * done / speech)
+            return ChunkText.model_validate(text)
+
+        texts: list[ChunkText] = []
+        if language is None and plan.chunks:
+            texts.append(await decode(plan.chunks[0]))
+            language, probability = texts[0].language, texts[0].language_probability
+        texts += await asyncio.gather(*(decode(span) for span in plan.chunks[len(texts):]))
+        segments = [
+            AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
+                       words=text.words)
+            for span, text in zip(plan.chunks, texts, strict=True) if text.text
+        ]
+        return AsrResult(segments=segments, language=language or "",
+                         language_probability=probability, model=plan.model)
+
+    async def detect_language(self, audio: np.ndarray, top_k: int, clock: StageClock) -> LanguageDetection:
+        """The language of the first 30 s (Whisper's one window)."""
+        head = audio[:30 * SAMPLE_RATE]
+        raw = await self._stage(clock, "language", call_runner(
+            lambda: self.asr.detect_language(audio=head, top_k=top_k)))
+        return LanguageDetection.model_validate(raw)
+
+    async def _timed_words(
+        self, audio: np.ndarray, asr: AsrResult, aligned: list[str], clock: StageClock, request_id: str,
+    ) -> tuple[list[Segment], AlignmentInfo]:
+        if not asr.segments:
+            return [], AlignmentInfo(method=WordTimestampMethod.none, note="no speech found")
+        if word_timing_method(asr.language, aligned) is WordTimestampMethod.wav2vec2:
+            raw = await self._stage(clock, "align", call_runner(lambda: self.aligner.align(
+                audio=audio, segments=asr.segments, language=asr.language, request_id=request_id)))
+            result = AlignResult.model_validate(raw)
+            return list(result.segments), AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=result.model)
+        segments = [s for seg in asr.segments for s in sentences_from_whisper_words(seg)]
+        return segments, AlignmentInfo(
+            method=WordTimestampMethod.whisper, model=asr.model,
+            note=f"no wav2vec2 alignment model for {asr.language!r}: "
+                 "word timestamps come from Whisper's cross-attention",
+        )
+
+    async def _stage(self, clock: StageClock, stage: str, call: Awaitable[T]) -> T:
+        return await clock.run(stage, call, timeout_s=self.limits.stage_timeout_s)
+
+
+async def _gather_both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    """Run two stages concurrently; if one fails, cancel the other and raise the failure."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        a, b = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    return a, b
