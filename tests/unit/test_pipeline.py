@@ -142,7 +142,7 @@ def test_stage_order_and_speakers_on_every_word() -> None:
     assert [s.speaker for s in response.segments] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_01"]
     assert all(w.speaker for w in response.word_segments)
     assert response.diarization.num_speakers == 2 and response.duration == 12.0
-    assert set(response.timings) == {"asr", "align", "diarize"}
+    assert set(response.timings) == {"asr", "align", "diarize", "assign"}
 
 
 def test_asr_and_diarization_overlap_and_alignment_starts_before_diarization_ends() -> None:

@@ -23,7 +23,7 @@ from ..logs import bind_request_id
 from ..metrics import GatewayMetrics
 from ..params import TranscribeParams
 from ..pipeline import Pipeline, Progress, StageClock
-from ..schema import StageTiming, TranscriptionResponse
+from ..schema import TranscriptionResponse
 from ..writers import Rendered
 
 logger = logging.getLogger("whisperx_service.gateway")
@@ -69,11 +69,8 @@ async def transcribe(
     """Decode (timed as the decode stage), run the pipeline, record metrics and one log line."""
     with bind_request_id(request_id):
         clock = StageClock()
-        start = clock.now()
-        try:
+        with clock.timed("decode"):
             audio = await decode
-        finally:
-            clock.stages["decode"] = StageTiming(start=start, end=clock.now())
         if progress is not None:
             progress.audio(audio.shape[0] / SAMPLE_RATE)
         response = await gateway.pipeline.run(audio, params, request_id=request_id, clock=clock,
