@@ -27,7 +27,9 @@ from whisperx_service.schema import AlignResult, AsrSegment, Segment, Word
 # this module, and only the alignment runner should pay for them.
 
 logger = logging.getLogger("whisperx_service.align")
-settings = get_settings()
+# Read at import only for what BentoML needs then (resources); each instance reads the settings
+# again when it starts.
+_declared = get_settings()
 
 _MODEL_ATTR = "alignment_model_"
 
@@ -39,13 +41,14 @@ def _declare_alignment_models(cls: type) -> type:
     return cls
 
 
-@bentoml.service(name="align", **runner_service_config(settings.align_threads))
+@bentoml.service(name="align", **runner_service_config(_declared.align_threads))
 @_declare_alignment_models
 class Aligner:
     nltk_data = BentoModel(model_store.NLTK_MODEL)
 
     def __init__(self) -> None:
         configure_logging()
+        settings = get_settings()
         outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         self.device = "cpu"
         self._loaded: dict[str, tuple[Any, dict[str, Any], str]] = {}

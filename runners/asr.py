@@ -46,23 +46,27 @@ if TYPE_CHECKING:
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's input window (whisperx.audio.N_SAMPLES)
 
 logger = logging.getLogger("whisperx_service.asr")
-settings = get_settings()
+# Read at import only for what BentoML needs then (resources, the batcher, the model to package);
+# each instance reads the settings again when it starts.
+_declared = get_settings()
 
 
-@bentoml.service(name="asr", **runner_service_config(settings.asr_threads))
+@bentoml.service(name="asr", **runner_service_config(_declared.asr_threads))
 class ASR:
-    whisper_model = BentoModel(settings.asr_model)
+    whisper_model = BentoModel(_declared.asr_model)
 
     def __init__(self) -> None:
         import whisperx
 
         configure_logging()
+        self.settings = settings = get_settings()
         outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         started = time.perf_counter()
         self.device = settings.resolved_device()
-        self.model_tag = str(self.whisper_model.tag)
+        stored = bentoml.models.get(settings.asr_model)  # the bento's own store when served from one
+        self.model_tag = str(stored.tag)
         self.pipeline = whisperx.load_model(
-            self.whisper_model.path,
+            stored.path,
             self.device,
             compute_type=settings.resolved_compute_type(),
             asr_options={"beam_size": settings.beam_size, "suppress_tokens": settings.asr_suppress_tokens},
@@ -132,8 +136,8 @@ class ASR:
                         len(chunks), time.perf_counter() - started)
             return AsrPlan(chunks=chunks, multilingual=not self.english_only, model=self.model_tag)
 
-    @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=settings.asr_batch_size,
-                 max_latency_ms=int(settings.stage_timeout_s * 1000))
+    @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=_declared.asr_batch_size,
+                 max_latency_ms=int(_declared.stage_timeout_s * 1000))
     def decode(self, jobs: list[ChunkJob]) -> list[ChunkText]:
         """Decode chunks (from any number of requests) in Whisper batches; results keep their order."""
         started = time.perf_counter()
@@ -142,8 +146,8 @@ class ASR:
         for index, job in enumerate(jobs):
             groups[(job.language, job.task, job.initial_prompt, tuple(job.aligned_languages))].append(index)
         for (language, task, prompt, aligned), indices in groups.items():
-            for first in range(0, len(indices), settings.asr_batch_size):
-                part = indices[first:first + settings.asr_batch_size]
+            for first in range(0, len(indices), self.settings.asr_batch_size):
+                part = indices[first:first + self.settings.asr_batch_size]
                 batch = [jobs[i] for i in part]
                 if language is None:
                     texts = self._detect_and_decode(batch, task, prompt, aligned)
@@ -213,10 +217,10 @@ class ASR:
         prompt = self.whisper.get_prompt(tokenizer, previous, without_timestamps=options.without_timestamps,
                                          prefix=options.prefix, hotwords=options.hotwords)
         max_length = self.whisper.max_length
-        if settings.asr_max_new_tokens is not None:
+        if self.settings.asr_max_new_tokens is not None:
             # CTranslate2's Whisper decodes at most max_length // 2 new tokens, whatever the
             # prompt (measured: 20 -> 10, 104 -> 52, 448 -> 224), like openai-whisper's sample_len.
-            max_length = min(max_length, 2 * settings.asr_max_new_tokens)
+            max_length = min(max_length, 2 * self.settings.asr_max_new_tokens)
         results = self.whisper.model.generate(
             encoder_output, [prompt] * batch_size, beam_size=options.beam_size, patience=options.patience,
             length_penalty=options.length_penalty, max_length=max_length,

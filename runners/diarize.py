@@ -15,32 +15,35 @@ import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
-from whisperx_service.assemble import assign_speakers
 from whisperx_service.config import DiarizationBackend, get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.memory import limit_malloc_arenas, release_free_memory
-from whisperx_service.schema import DiarizationResult, Segment, SpeakerTurn
+from whisperx_service.schema import DiarizationResult
 
 with bentoml.importing():
     from whisperx_service.diarization import load_backend
 
 logger = logging.getLogger("whisperx_service.diarize")
-settings = get_settings()
-_uses_pipeline_dir = settings.diarization_backend is DiarizationBackend.pyannote
+# Read at import only for what BentoML needs then (resources, the model to package); each
+# instance reads the settings again when it starts.
+_declared = get_settings()
 
 
-@bentoml.service(name="diarize", **runner_service_config(settings.diarization_threads))
+@bentoml.service(name="diarize", **runner_service_config(_declared.diarization_threads))
 class Diarizer:
-    if _uses_pipeline_dir:
-        pipeline_model = BentoModel(settings.diarization_model)
+    if _declared.diarization_backend is DiarizationBackend.pyannote:
+        pipeline_model = BentoModel(_declared.diarization_model)
 
     def __init__(self) -> None:
         configure_logging()
+        settings = get_settings()
         outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         started = time.perf_counter()
         limit_malloc_arenas(2)  # before the embedding threads exist (whisperx_service.memory)
-        model_dir = Path(self.pipeline_model.path) if _uses_pipeline_dir else None
+        model_dir = None
+        if settings.diarization_backend is DiarizationBackend.pyannote:
+            model_dir = Path(bentoml.models.get(settings.diarization_model).path)
         self.backend = load_backend(
             settings.diarization_backend.value,
             model_dir=model_dir,
@@ -72,12 +75,3 @@ class Diarizer:
             logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
                         audio.shape[0] / 16000, len(turns), speakers, time.perf_counter() - started)
             return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=speakers)
-
-    @bentoml.api
-    async def assign(self, segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
-        """whisperx's assign_word_speakers over timed segments: here, so that the gateway never
-        loads torch/pyannote (whisperx.diarize imports them) just to label words.
-
-        async on purpose: a sync API would queue behind other requests' `diarize` calls in the
-        runner's one worker thread; this takes milliseconds, so it runs on the event loop."""
-        return assign_speakers(segments, turns)

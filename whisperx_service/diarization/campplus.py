@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import SAMPLE_RATE, offline_environment
+from .common import SAMPLE_RATE, offline_environment
 
 if TYPE_CHECKING:
     import torch

