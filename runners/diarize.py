@@ -19,7 +19,7 @@ from whisperx_service.config import DiarizationBackend, get_settings, runner_ser
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.memory import limit_malloc_arenas, release_free_memory
-from whisperx_service.schema import DiarizationResult
+from whisperx_service.schema import DiarizationResult, SpeakerCounts
 
 with bentoml.importing():
     from whisperx_service.diarization import load_backend
@@ -55,23 +55,14 @@ class Diarizer:
                     time.perf_counter() - started)
 
     @bentoml.api
-    def diarize(
-        self,
-        audio: np.ndarray,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
-        request_id: str | None = None,
-    ) -> DiarizationResult:
+    def diarize(self, audio: np.ndarray, speakers: SpeakerCounts, request_id: str | None = None) -> DiarizationResult:
         with bind_request_id(request_id):
             started = time.perf_counter()
             try:
-                turns = self.backend.diarize(
-                    audio, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
-                )
+                turns = self.backend.diarize(audio, speakers)
             finally:
                 release_free_memory()
-            speakers = len({t.speaker for t in turns})
+            found = len({t.speaker for t in turns})
             logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
-                        audio.shape[0] / 16000, len(turns), speakers, time.perf_counter() - started)
-            return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=speakers)
+                        audio.shape[0] / 16000, len(turns), found, time.perf_counter() - started)
+            return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=found)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .chinese import ZhScript
 from .errors import InvalidParameter
-from .schema import SpeakerCountError, check_speaker_counts
+from .schema import UNKNOWN_SPEAKERS, SpeakerCountError, SpeakerCounts
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -22,9 +22,7 @@ _TASKS = frozenset({"transcribe", "translate"})
 @dataclass(frozen=True)
 class TranscribeParams:
     language: str | None = None
-    num_speakers: int | None = None
-    min_speakers: int | None = None
-    max_speakers: int | None = None
+    speakers: SpeakerCounts = UNKNOWN_SPEAKERS
     diarize: bool = True
     zh_script: ZhScript = ZhScript.simplified
     task: str = "transcribe"
@@ -91,10 +89,10 @@ def parse_transcribe_params(
     max_speakers_limit: int,
     default_zh_script: str,
 ) -> TranscribeParams:
-    num, low, high = (_whole(name, _pick(name, form, query))
-                      for name in ("num_speakers", "min_speakers", "max_speakers"))
+    exact, low, high = (_whole(name, _pick(name, form, query))
+                        for name in ("num_speakers", "min_speakers", "max_speakers"))
     try:
-        check_speaker_counts(num, low, high, max_speakers_limit)
+        speakers = SpeakerCounts(exact=exact, minimum=low, maximum=high).check(max_speakers_limit)
     except SpeakerCountError as error:
         raise InvalidParameter(str(error), param=error.param) from None
     script_raw = _pick("zh_script", form, query) or default_zh_script
@@ -110,9 +108,7 @@ def parse_transcribe_params(
         raise InvalidParameter(f"task must be transcribe or translate, got {task[:40]!r}", param="task")
     return TranscribeParams(
         language=normalize_language(_pick("language", form, query)),
-        num_speakers=num,
-        min_speakers=low,
-        max_speakers=high,
+        speakers=speakers,
         diarize=_flag("diarize", _pick("diarize", form, query), True),
         zh_script=script,
         task=task,

@@ -37,6 +37,7 @@ from .schema import (
     DiarizationResult,
     LanguageDetection,
     Segment,
+    SpeakerCounts,
     StageTiming,
     TimeSpan,
     TranscriptionResponse,
@@ -64,9 +65,7 @@ class AlignRunner(Protocol):
 
 
 class DiarizeRunner(Protocol):
-    async def diarize(self, *, audio: np.ndarray, num_speakers: int | None = None,
-                      min_speakers: int | None = None, max_speakers: int | None = None,
-                      request_id: str | None = None) -> Any: ...
+    async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts, request_id: str | None = None) -> Any: ...
 
 
 class Progress(Protocol):
@@ -171,8 +170,7 @@ class Pipeline:
 
         if params.diarize:
             diarize = self._stage(clock, "diarize", call_runner(lambda: self.diarizer.diarize(
-                audio=audio, num_speakers=params.num_speakers, min_speakers=params.min_speakers,
-                max_speakers=params.max_speakers, request_id=request_id)))
+                audio=audio, speakers=params.speakers, request_id=request_id)))
             (asr, segments, alignment), raw_turns = await _gather_both(words(), diarize)
             found = DiarizationResult.model_validate(raw_turns)
             with clock.timed("assign"):

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from bentoml.validators import TensorSchema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Word(BaseModel):
@@ -48,18 +48,43 @@ class SpeakerCountError(ValueError):
         self.param = param
 
 
-def check_speaker_counts(num: int | None, low: int | None, high: int | None, limit: int | None = None) -> None:
-    """The one speaker-count rule (gateway and diarization backends): each at least 1 (and at
-    most `limit`), min <= max, num inside min..max. Raises `SpeakerCountError` naming the field."""
-    for name, value in (("num_speakers", num), ("min_speakers", low), ("max_speakers", high)):
-        if value is not None and value < 1:
-            raise SpeakerCountError(f"{name} must be at least 1, got {value}", name)
-        if value is not None and limit is not None and value > limit:
-            raise SpeakerCountError(f"{name} must be at most {limit}, got {value}", name)
-    if low is not None and high is not None and low > high:
-        raise SpeakerCountError(f"min_speakers ({low}) is greater than max_speakers ({high})", "min_speakers")
-    if num is not None and ((low is not None and num < low) or (high is not None and num > high)):
-        raise SpeakerCountError("num_speakers lies outside min_speakers..max_speakers", "num_speakers")
+class SpeakerCounts(BaseModel):
+    """What the client knows of how many people speak: the one speaker-count rule.
+
+    Each count is at least 1 (and at most a limit), min <= max, an exact count lies inside them;
+    a diarizer given an exact count ignores the bounds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exact: int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def check(self, limit: int | None = None) -> SpeakerCounts:
+        """Self, or a `SpeakerCountError` naming the request field at fault."""
+        for name, value in (("num_speakers", self.exact), ("min_speakers", self.minimum),
+                            ("max_speakers", self.maximum)):
+            if value is not None and value < 1:
+                raise SpeakerCountError(f"{name} must be at least 1, got {value}", name)
+            if value is not None and limit is not None and value > limit:
+                raise SpeakerCountError(f"{name} must be at most {limit}, got {value}", name)
+        low, high, exact = self.minimum, self.maximum, self.exact
+        if low is not None and high is not None and low > high:
+            raise SpeakerCountError(f"min_speakers ({low}) is greater than max_speakers ({high})",
+                                    "min_speakers")
+        if exact is not None and ((low is not None and exact < low) or (high is not None and exact > high)):
+            raise SpeakerCountError("num_speakers lies outside min_speakers..max_speakers", "num_speakers")
+        return self
+
+    def bounds(self) -> tuple[int | None, int | None, int | None]:
+        """(exact, minimum, maximum) as a diarizer takes them: an exact count replaces the bounds."""
+        self.check()
+        if self.exact is not None:
+            return self.exact, None, None
+        return None, self.minimum, self.maximum
+
+
+UNKNOWN_SPEAKERS = SpeakerCounts()
 
 
 class AlignmentInfo(BaseModel):

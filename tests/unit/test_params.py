@@ -14,18 +14,18 @@ def parse(form: dict[str, str | None] | None = None, query: dict[str, str] | Non
 def test_defaults() -> None:
     params = parse()
     assert params.language is None and params.diarize is True
-    assert params.min_speakers is None and params.max_speakers is None and params.num_speakers is None
+    assert params.speakers.minimum is None and params.speakers.maximum is None and params.speakers.exact is None
     assert params.zh_script is ZhScript.simplified and params.task == "transcribe"
 
 
 def test_query_parameters_like_the_seed_api() -> None:
     params = parse(query={"min_speakers": "2", "max_speakers": "4"})
-    assert (params.min_speakers, params.max_speakers) == (2, 4)
+    assert (params.speakers.minimum, params.speakers.maximum) == (2, 4)
 
 
 def test_form_wins_over_query() -> None:
     params = parse(form={"max_speakers": "3"}, query={"max_speakers": "5"})
-    assert params.max_speakers == 3
+    assert params.speakers.maximum == 3
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from whisperx_service.schema import (
     ChunkText,
     DiarizationResult,
     Segment,
+    SpeakerCounts,
     SpeakerTurn,
     TimeSpan,
     Word,
@@ -99,8 +100,7 @@ class FakeDiarizer:
                  wait_for: asyncio.Event | None = None) -> None:
         self.events, self.fail, self.wait_for = events, fail, wait_for
 
-    async def diarize(self, *, audio: np.ndarray, num_speakers: int | None = None,
-                      min_speakers: int | None = None, max_speakers: int | None = None,
+    async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts,
                       request_id: str | None = None) -> DiarizationResult:
         self.events("diarize:start")
         if self.wait_for is not None:  # ends only once alignment has started

@@ -143,7 +143,7 @@ def test_openai_params() -> None:
     assert plain.model == "whisper-base" and not plain.transcribe.diarize and plain.transcribe.task == "translate"
     assert plain.granularities == {"segment"}
     with_speakers = parse_openai_params({"num_speakers": "2"}, [], task="transcribe", **LIMITS)  # type: ignore[arg-type]
-    assert with_speakers.transcribe.diarize and with_speakers.transcribe.num_speakers == 2
+    assert with_speakers.transcribe.diarize and with_speakers.transcribe.speakers.exact == 2
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from whisperx_service.schema import SpeakerTurn, check_speaker_counts
+from whisperx_service.schema import UNKNOWN_SPEAKERS, SpeakerCounts, SpeakerTurn
 
 SAMPLE_RATE = 16000
 # Shorter input than this (0.1 s) holds no speaker turn worth reporting.
@@ -18,14 +18,7 @@ MIN_SAMPLES = SAMPLE_RATE // 10
 class DiarizationBackendImpl(Protocol):
     name: str
 
-    def diarize(
-        self,
-        audio: np.ndarray,
-        *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> list[SpeakerTurn]: ...
+    def diarize(self, audio: np.ndarray, speakers: SpeakerCounts = UNKNOWN_SPEAKERS) -> list[SpeakerTurn]: ...
 
 
 def offline_environment() -> None:
@@ -50,16 +43,6 @@ def prepare_audio(audio: np.ndarray) -> np.ndarray:
 
 def is_silent(wave: np.ndarray) -> bool:
     return wave.size < MIN_SAMPLES or float(np.max(np.abs(wave))) < 1e-5
-
-
-def speaker_counts(
-    num_speakers: int | None, min_speakers: int | None, max_speakers: int | None
-) -> tuple[int | None, int | None, int | None]:
-    """The counts checked by the one rule (`check_speaker_counts`); an exact count replaces bounds."""
-    check_speaker_counts(num_speakers, min_speakers, max_speakers)
-    if num_speakers is not None:
-        return num_speakers, None, None
-    return None, min_speakers, max_speakers
 
 
 def finalize_turns(raw: Iterable[tuple[float, float, str]], *, join_gap: float = 0.0) -> list[SpeakerTurn]:

