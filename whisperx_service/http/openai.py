@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import bentoml
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import get_settings
 from ..errors import MissingFile, ModelNotFound
@@ -22,6 +21,7 @@ from ..schema import ModelCard, ModelList, OpenAIVerboseTranscription
 from ..uploads import decode_upload
 from ..writers import render_openai
 from .envelope import Gateway, GatewayDep, answer, request_id_of, transcribe
+from .forms import FormFields, SpeakerFields, SubtitleFields, form_field
 
 logger = logging.getLogger("whisperx_service.openai")
 router = APIRouter(tags=["OpenAI-compatible"])
@@ -79,21 +79,15 @@ async def retrieve_model(model: str) -> ModelCard:
     return ModelCard(id=model, created=_created(get_settings().asr_model))
 
 
-def _field(description: str, example: str) -> Any:
-    return Field(None, description=description, examples=[example])
-
-
-class TranslationForm(BaseModel):
+class TranslationForm(FormFields):
     """The fields of /v1/audio/translations (OpenAI's names)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = _field("whisper-1 or the served model's name (GET /v1/models).", "whisper-1")
-    prompt: str | None = _field("Whisper's initial prompt: names, spelling, style.", "Kennedy, Americans")
-    response_format: str | None = _field(
+    model: str | None = form_field("whisper-1 or the served model's name (GET /v1/models).", "whisper-1")
+    prompt: str | None = form_field("Whisper's initial prompt: names, spelling, style.", "Kennedy, Americans")
+    response_format: str | None = form_field(
         "json (default), text, srt, vtt, verbose_json, diarized_json (transcriptions only), or tsv.",
         "verbose_json")
-    temperature: str | None = _field("Accepted (0..1) and ignored: decoding is one beam search "
+    temperature: str | None = form_field("Accepted (0..1) and ignored: decoding is one beam search "
                                      "(WXS_BEAM_SIZE) with no temperature fallback.", "0")
 
     def parse(self, gateway: Gateway, task: str, granularities: list[str]) -> tuple[OpenAIParams, SubtitleOptions]:
@@ -106,16 +100,10 @@ class TranslationForm(BaseModel):
         return params, parse_subtitle_options(fields, {})
 
 
-class TranscriptionForm(TranslationForm):
-    """The fields of /v1/audio/transcriptions: OpenAI's, plus speaker counts and subtitle options."""
+class TranscriptionForm(TranslationForm, SpeakerFields, SubtitleFields):
+    """The fields of /v1/audio/transcriptions: OpenAI's, plus (extras) speaker counts and subtitle options."""
 
-    language: str | None = _field("ISO-639-1 code of the speech; detected when absent.", "en")
-    min_speakers: str | None = _field("Extra: fewest speakers (diarizes).", "2")
-    max_speakers: str | None = _field("Extra: most speakers (diarizes).", "4")
-    num_speakers: str | None = _field("Extra: exact number of speakers (diarizes).", "2")
-    max_line_width: str | None = _field("Extra: srt/vtt line width, characters.", "42")
-    max_line_count: str | None = _field("Extra: srt/vtt lines per cue (with max_line_width).", "2")
-    highlight_words: str | None = _field("Extra: srt/vtt underline each word as spoken.", "false")
+    language: str | None = form_field("ISO-639-1 code of the speech; detected when absent.", "en")
 
 
 async def openai_transcription(

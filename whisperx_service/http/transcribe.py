@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ..errors import MissingFile
@@ -21,31 +20,20 @@ from ..schema import TranscriptionResponse
 from ..uploads import decode_upload
 from ..writers import MEDIA_TYPES, render_transcribe
 from .envelope import Gateway, GatewayDep, answer, request_id_of, transcribe
+from .forms import SpeakerFields, SubtitleFields, form_field
 
 router = APIRouter()
 
 
-def _field(description: str, example: str) -> Any:
-    return Field(None, description=description, examples=[example])
-
-
-class TranscribeForm(BaseModel):
+class TranscribeForm(SpeakerFields, SubtitleFields):
     """The fields of /transcribe and of its async job; raw strings, parsed into one 422 each."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    min_speakers: str | None = _field("Fewest speakers to find.", "2")
-    max_speakers: str | None = _field("Most speakers to find.", "4")
-    num_speakers: str | None = _field("Exact number of speakers.", "2")
-    language: str | None = _field("Language code or name (en, zh...); detected when absent.", "en")
-    diarize: str | None = _field("false skips speaker diarization.", "true")
-    zh_script: str | None = _field("simplified, traditional or original.", "simplified")
-    task: str | None = _field("transcribe (default) or translate.", "transcribe")
-    output_format: str | None = _field("json (default), text, srt, vtt or tsv; text/srt/vtt name speakers.",
+    language: str | None = form_field("Language code or name (en, zh...); detected when absent.", "en")
+    diarize: str | None = form_field("false skips speaker diarization.", "true")
+    zh_script: str | None = form_field("simplified, traditional or original.", "simplified")
+    task: str | None = form_field("transcribe (default) or translate.", "transcribe")
+    output_format: str | None = form_field("json (default), text, srt, vtt or tsv; text/srt/vtt name speakers.",
                                        "srt")
-    max_line_width: str | None = _field("srt/vtt: characters per line.", "42")
-    max_line_count: str | None = _field("srt/vtt: lines per cue (needs max_line_width).", "2")
-    highlight_words: str | None = _field("srt/vtt: underline each word as it is spoken.", "false")
 
     def parse(self, gateway: Gateway, query: Mapping[str, str]) -> tuple[TranscribeParams, str, SubtitleOptions]:
         """The pipeline's parameters and the output options (form first, then the query string)."""

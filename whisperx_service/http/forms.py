@@ -1,0 +1,28 @@
+"""Form fields that more than one API family takes. Every field is a raw string: the parsers
+of `whisperx_service.params` turn each bad value into one error naming it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def form_field(description: str, example: str) -> Any:
+    return Field(None, description=description, examples=[example])
+
+
+class FormFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SpeakerFields(FormFields):
+    min_speakers: str | None = form_field("Fewest speakers to find (diarizes).", "2")
+    max_speakers: str | None = form_field("Most speakers to find (diarizes).", "4")
+    num_speakers: str | None = form_field("Exact number of speakers (diarizes).", "2")
+
+
+class SubtitleFields(FormFields):
+    max_line_width: str | None = form_field("srt/vtt: characters per line.", "42")
+    max_line_count: str | None = form_field("srt/vtt: lines per cue (needs max_line_width).", "2")
+    highlight_words: str | None = form_field("srt/vtt: underline each word as it is spoken.", "false")
