@@ -41,7 +41,8 @@ def transcribe(client: openai.OpenAI, path: Path, **kwargs: Any) -> Any:
 def assert_envelope(exc: openai.APIStatusError, status: int, param: str | None, code: str) -> None:
     assert exc.status_code == status
     body = exc.response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code", "request_id"}, body
+    assert body["error"]["request_id"] == exc.response.headers["x-request-id"]
     assert body["error"]["param"] == param and body["error"]["code"] == code, body
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
 

@@ -64,7 +64,7 @@ def _assert_envelope(response: httpx.Response, status: int, code: str | None = N
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     error = response.json()["error"]
-    assert set(error) >= {"message", "type", "param", "code", "request_id"}
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
     assert error["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in response.text and "/work/" not in response.text and ".py" not in response.text
     if code is not None:
