@@ -15,7 +15,7 @@ from whisperx_service.config import get_settings
 from whisperx_service.guard import GatewayGuard
 from whisperx_service.http import build_app
 from whisperx_service.http.jobs import JobTasks
-from whisperx_service.lifecycle import GATEWAY_SERVICE_NAME, Lifecycle
+from whisperx_service.lifecycle import GATEWAY_SERVICE_NAME, AudioBudget, Lifecycle
 from whisperx_service.logs import configure_logging
 from whisperx_service.metrics import GatewayMetrics
 from whisperx_service.pipeline import Pipeline, PipelineLimits
@@ -43,6 +43,9 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
                                    retry_after_s=self.settings.retry_after_s,
                                    grace_s=self.settings.shutdown_grace_s, on_change=self.metrics.in_flight.set)
         self.lifecycle.install_drain_on_sigterm()
+        self.audio_budget = AudioBudget(
+            self.settings.audio_budget_s(), self.settings.retry_after_s,
+            on_reject=lambda reason: self.metrics.rejected.labels(reason=reason).inc())
 
 
 def _current_gateway() -> Gateway | None:

@@ -1,14 +1,11 @@
-"""Turning runner outputs into WhisperX's result: segments, speakers, word_segments.
+"""Turning runner outputs into WhisperX's result: sentence segments and word_segments.
 
-Speaker assignment is whisperx's own `assign_word_speakers`; this module only adapts types and
-splits Whisper-timed chunks into sentences the way WhisperX's aligner would.
+Whisper-timed chunks are split into sentences the way WhisperX's aligner would.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .schema import AsrSegment, Segment, SpeakerTurn, Word, segments_as_dicts
+from .schema import AsrSegment, Segment, Word
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
 
@@ -47,19 +44,6 @@ def _segment_of(words: list[Word], joiner: str, avg_logprob: float | None) -> Se
         words=[w.model_copy() for w in words],
         avg_logprob=avg_logprob,
     )
-
-
-def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
-    """Label each segment and word with the speaker who overlaps it most (nearest when none)."""
-    if not turns or not segments:
-        return segments
-    import pandas as pd
-    from whisperx.diarize import assign_word_speakers
-
-    frame = pd.DataFrame([t.model_dump() for t in turns], columns=["start", "end", "speaker"])
-    result: dict[str, Any] = {"segments": segments_as_dicts(segments)}
-    labelled = assign_word_speakers(frame, result, fill_nearest=True)
-    return [Segment.model_validate(s) for s in labelled["segments"]]
 
 
 def word_segments(segments: list[Segment]) -> list[Word]:

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .errors import Unavailable
@@ -126,6 +126,47 @@ class Lifecycle:
             logger.info("drained in %.1f s; exiting", time.monotonic() - started)
         server.config.timeout_graceful_shutdown = _STUCK_TASK_TIMEOUT_S
         server.handle_exit(signal.SIGTERM, None)
+
+
+class AudioBudget:
+    """Seconds of decoded audio in flight at once: admission by size, since memory grows with it.
+
+    A request that does not fit is answered 503 at once; an async job waits its turn instead.
+    One recording longer than the whole budget still runs, alone.
+    """
+
+    def __init__(self, limit_s: float, retry_after_s: int,
+                 on_reject: Callable[[str], None] | None = None) -> None:
+        self.limit_s = limit_s
+        self.retry_after_s = retry_after_s
+        self.on_reject = on_reject  # called with the error code (a metrics counter)
+        self.in_flight_s = 0.0
+        self._freed: asyncio.Condition | None = None  # made on the event loop, at first use
+
+    def _fits(self, seconds: float) -> bool:
+        return self.in_flight_s == 0 or self.in_flight_s + seconds <= self.limit_s
+
+    @contextlib.asynccontextmanager
+    async def hold(self, seconds: float, *, wait: bool) -> AsyncIterator[None]:
+        if self._freed is None:
+            self._freed = asyncio.Condition()
+        if not self._fits(seconds):
+            if not wait:
+                if self.on_reject is not None:
+                    self.on_reject("overloaded")
+                raise Unavailable(
+                    f"the service holds {self.in_flight_s:.0f} s of audio in flight (limit "
+                    f"{self.limit_s:.0f} s) and this recording has {seconds:.0f} s; retry later",
+                    retry_after_s=self.retry_after_s, code="overloaded")
+            async with self._freed:
+                await self._freed.wait_for(lambda: self._fits(seconds))
+        self.in_flight_s += seconds
+        try:
+            yield
+        finally:
+            self.in_flight_s -= seconds
+            async with self._freed:
+                self._freed.notify_all()
 
 
 def outlive_gateway(grace_s: float) -> None:

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from whisperx_service.assemble import assign_speakers, sentences_from_whisper_words, word_segments
+from whisperx_service.assemble import sentences_from_whisper_words, word_segments
 from whisperx_service.schema import AsrSegment, Segment, SpeakerTurn, Word
+from whisperx_service.speakers import assign_speakers
 
 
 def _words(spec: list[tuple[str, float, float]]) -> list[Word]:

@@ -12,7 +12,7 @@ import pytest
 from whisperx_service.config import Settings
 from whisperx_service.errors import Unavailable
 from whisperx_service.guard import GatewayGuard
-from whisperx_service.lifecycle import Lifecycle
+from whisperx_service.lifecycle import AudioBudget, Lifecycle
 
 
 class _Metric:
@@ -96,7 +96,8 @@ def test_upload_limits_by_header_and_while_streaming() -> None:
     chunked = [b"x" * (256 << 10)] * 5  # 1.25 MiB with no Content-Length
     status, headers, body = asyncio.run(_call(guard, headers=FORM, chunks=chunked))
     assert status == 413 and body["error"]["code"] == "upload_too_large"
-    assert asyncio.run(_call(guard, headers=FORM, chunks=[b"x" * 1000] * 3)) == (200, {}, 3000)
+    status, headers, body = asyncio.run(_call(guard, headers=FORM, chunks=[b"x" * 1000] * 3))
+    assert (status, body) == (200, 3000) and set(headers) == {"x-request-id"}  # the app's answer, untouched
 
 
 @pytest.mark.parametrize("content_type, status", [
@@ -168,3 +169,41 @@ def test_drain_waits_for_accepted_work_then_hands_over_to_uvicorn() -> None:
 
     before, after, bounded = asyncio.run(scenario())
     assert before == [] and after == [signal.SIGTERM] and bounded
+
+
+def test_audio_budget_refuses_a_request_at_once_and_lets_a_job_wait_its_turn() -> None:
+    async def scenario() -> tuple[str, list[str], float]:
+        rejected: list[str] = []
+        budget = AudioBudget(600, retry_after_s=3, on_reject=rejected.append)
+        order: list[str] = []
+        first_done = asyncio.Event()
+
+        async def first() -> None:
+            async with budget.hold(400, wait=False):
+                order.append("first")
+                await first_done.wait()
+            order.append("first released")
+
+        async def job() -> None:
+            async with budget.hold(300, wait=True):  # 400 + 300 > 600: waits for the first
+                order.append("job")
+
+        runner = asyncio.create_task(first())
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(job())
+        await asyncio.sleep(0.05)
+        with pytest.raises(Unavailable) as caught:  # a sync request that does not fit: 503 at once
+            async with budget.hold(300, wait=False):
+                pass
+        assert caught.value.code == "overloaded" and caught.value.headers() == {"Retry-After": "3"}
+        assert order == ["first"]
+        first_done.set()
+        await asyncio.wait_for(asyncio.gather(runner, waiting), timeout=2)
+        async with budget.hold(5000, wait=False):  # longer than the whole budget: runs alone
+            alone = budget.in_flight_s
+        return ",".join(order), rejected, alone + budget.in_flight_s
+
+    order, rejected, held = asyncio.run(scenario())
+    assert order == "first,first released,job"
+    assert rejected == ["overloaded"]
+    assert held == 5000

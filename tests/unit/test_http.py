@@ -16,7 +16,7 @@ from whisperx_service.config import Settings
 from whisperx_service.guard import GatewayGuard
 from whisperx_service.http import build_app
 from whisperx_service.jobs import JobBoard
-from whisperx_service.lifecycle import Lifecycle
+from whisperx_service.lifecycle import AudioBudget, Lifecycle
 from whisperx_service.metrics import GatewayMetrics
 from whisperx_service.schema import AlignmentInfo, DiarizationInfo, TranscriptionResponse, WordTimestampMethod
 
@@ -41,6 +41,7 @@ class FakeGateway:
         self.pipeline = pipeline
         self.metrics = GatewayMetrics()
         self.lifecycle = Lifecycle(max_in_flight=4, retry_after_s=1, grace_s=1)
+        self.audio_budget = AudioBudget(600, retry_after_s=1)
         self.job_board = JobBoard(60)
 
 

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from ..audio import SAMPLE_RATE
 from ..config import Settings
+from ..lifecycle import AudioBudget
 from ..logs import bind_request_id
 from ..metrics import GatewayMetrics
 from ..params import TranscribeParams
@@ -38,6 +39,7 @@ class Gateway(Protocol):
     pipeline: Pipeline
     metrics: GatewayMetrics
     lifecycle: Any
+    audio_budget: AudioBudget
     job_board: Any
 
 
@@ -71,10 +73,12 @@ async def transcribe(
         clock = StageClock()
         with clock.timed("decode"):
             audio = await decode
+        seconds = audio.shape[0] / SAMPLE_RATE
         if progress is not None:
-            progress.audio(audio.shape[0] / SAMPLE_RATE)
-        response = await gateway.pipeline.run(audio, params, request_id=request_id, clock=clock,
-                                              progress=progress)
+            progress.audio(seconds)
+        async with gateway.audio_budget.hold(seconds, wait=progress is not None):  # jobs wait their turn
+            response = await gateway.pipeline.run(audio, params, request_id=request_id, clock=clock,
+                                                  progress=progress)
         gateway.metrics.observe(response)
         if progress is not None:
             progress.stage("render")
