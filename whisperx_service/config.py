@@ -29,6 +29,10 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+# Whole-graph memory per second of audio in flight, at its peak (bench/memory.py measures it).
+AUDIO_SECOND_COST_BYTES = 1_000_000
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WXS_", extra="ignore")
 
@@ -100,6 +104,21 @@ class Settings(BaseSettings):
     tmp_dir: Path | None = Field(
         None, description="Where uploads are spooled; the system temp dir when unset."
     )
+    decode_timeout_s: float = Field(
+        900.0, gt=0,
+        description="Wall-clock seconds each ffprobe/ffmpeg process may take on one upload before it is "
+        "killed (422 decode_timeout). A 4-hour recording decodes in about 30-60 s of one core.",
+    )
+    decode_cpu_s: int = Field(
+        600, ge=1,
+        description="CPU seconds each ffprobe/ffmpeg process may use (RLIMIT_CPU; the kernel kills it "
+        "past that: 422 decode_timeout).",
+    )
+    decode_memory_mb: int = Field(
+        2048, ge=512,
+        description="Address space of each ffprobe/ffmpeg process, MiB (RLIMIT_AS; allocations past it "
+        "fail: 422 decode_memory_exceeded). ffmpeg maps about 330 MiB of libraries before it reads a byte.",
+    )
 
     accepted_upload_types: Annotated[list[str], NoDecode] = Field(
         ["audio/*", "video/*", "application/octet-stream", "application/ogg", "application/mp4"],
@@ -112,6 +131,12 @@ class Settings(BaseSettings):
         16, ge=1,
         description="Requests doing model work at once (async jobs included); more get 503 with "
         "Retry-After at once instead of queueing towards a timeout.",
+    )
+    max_audio_in_flight_s: float | None = Field(
+        None, gt=0,
+        description="Seconds of decoded audio in model work at once (memory grows with it): a request "
+        "beyond it gets 503 with Retry-After, an async job waits. Unset: the machine's memory at start "
+        "divided by the measured cost of an audio second (AUDIO_SECOND_COST_BYTES).",
     )
     retry_after_s: int = Field(10, ge=1, description="Retry-After (seconds) sent with 503 answers.")
     shutdown_grace_s: float = Field(
@@ -151,6 +176,14 @@ class Settings(BaseSettings):
         if self.api_keys_file is not None:
             keys += self.api_keys_file.read_text().splitlines()
         return [key.strip().encode() for key in keys if key.strip()]
+
+    def audio_budget_s(self) -> float:
+        """`max_audio_in_flight_s`, or what half of the memory available now holds."""
+        if self.max_audio_in_flight_s is not None:
+            return self.max_audio_in_flight_s
+        import psutil  # a BentoML dependency
+
+        return 0.5 * psutil.virtual_memory().available / AUDIO_SECOND_COST_BYTES
 
     def resolved_device(self) -> str:
         if self.device != "auto":
