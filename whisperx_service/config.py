@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     decode_memory_mb: int = Field(
         2048, ge=512,
         description="Address space of each ffprobe/ffmpeg process, MiB (RLIMIT_AS; allocations past it "
-        "fail: 422 decode_memory_exceeded). ffmpeg maps about 330 MiB of libraries before it reads a byte.",
+        "fail: 422 decode_memory_exceeded). ffmpeg maps about 270 MiB of libraries before it reads a byte.",
     )
 
     accepted_upload_types: Annotated[list[str], NoDecode] = Field(

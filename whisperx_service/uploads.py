@@ -1,44 +1,65 @@
 """Uploads: a multipart file part spooled to disk, decoded once, and always removed.
 
 The gateway's routes and async jobs hand their upload here; nothing else touches the spool.
+
+Each upload is spooled into a directory of its own (mode 0700, made by `tempfile.mkdtemp` under
+`WXS_TMP_DIR`) that holds nothing but that upload, so no path relative to it can reach another
+request's file; the directory goes with the upload. (`whisperx_service.audio` also refuses every
+container that would open a second file; this is the second lock.)
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from starlette.datastructures import UploadFile
 
-from .audio import check_upload_type, decode_audio
+from .audio import DecodeLimits, check_upload_type, decode_audio
 from .config import Settings
 
 _BLOCK = 1 << 20
+_PREFIX = "wxs-upload-"
+_NAME = "upload"  # the spooled file's name; the client's filename is never used on disk
 
 
 async def spool_upload(upload: UploadFile, settings: Settings) -> Path:
-    """Copy the upload to our own temp file in 1 MiB blocks (never whole into memory).
+    """Copy the upload into its own private directory in 1 MiB blocks (never whole into memory).
 
+    Returns the spooled file; remove it with `discard_spool` (which removes its directory).
     Its size was bounded while the body streamed in (`GatewayGuard`), before this runs.
     """
     check_upload_type(upload.content_type, settings.accepted_upload_types)
-    handle = tempfile.NamedTemporaryFile(prefix="wxs-upload-", dir=settings.tmp_dir, delete=False)
-    path = Path(handle.name)
+    directory = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=settings.tmp_dir))  # mode 0700
+    path = directory / _NAME
     try:
-        with handle:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
             while block := await upload.read(_BLOCK):
                 handle.write(block)
     except BaseException:
-        path.unlink(missing_ok=True)
+        discard_spool(path)
         raise
     return path
 
 
+def discard_spool(path: Path) -> None:
+    """Remove a file `spool_upload` made, with its private directory."""
+    directory = path.parent
+    if directory.name.startswith(_PREFIX):
+        shutil.rmtree(directory, ignore_errors=True)
+    else:  # not one of ours: remove only the file
+        path.unlink(missing_ok=True)
+
+
 async def decode_upload(upload: UploadFile, settings: Settings) -> np.ndarray:
-    """Spool the upload to disk, decode it once with ffmpeg, always remove the temp file."""
+    """Spool the upload to disk, decode it once with ffmpeg, always remove the spool directory."""
     path = await spool_upload(upload, settings)
     try:
-        return await decode_audio(path, max_seconds=settings.max_audio_seconds)
+        return await decode_audio(path, max_seconds=settings.max_audio_seconds,
+                                  limits=DecodeLimits.from_settings(settings))
     finally:
-        path.unlink(missing_ok=True)
+        discard_spool(path)
