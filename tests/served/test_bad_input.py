@@ -104,7 +104,8 @@ CASES: dict[str, Case] = {
     "empty file": Case(400, "empty_file", _upload("empty")),
     "text file": Case(415, "unsupported_media_type", _upload("text")),
     "png": Case(415, "unsupported_media_type", _upload("png")),
-    "png sent as octet-stream": Case(400, "invalid_audio", _upload("png", "application/octet-stream")),
+    # A real container, but not one of the audio/video demuxers the decoder allows (issue 15).
+    "png sent as octet-stream": Case(415, "unsupported_media", _upload("png", "application/octet-stream")),
     "truncated mp3": Case(400, "invalid_audio", _upload("truncated_mp3")),
     "corrupt wav header": Case(400, "invalid_audio", _upload("corrupt_wav_header")),
     "truncated wav": Case(400, "invalid_audio", _upload("truncated_wav")),

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field
+
+# A route's one form model, file included, read as multipart (FastAPI documents every field only
+# when the whole form is one model).
+MULTIPART = Form(media_type="multipart/form-data")
+UPLOAD_DESCRIPTION = "The recording (any common audio or video container: WAV, FLAC, MP3, Ogg, M4A, WebM...)."
 
 
 def form_field(description: str, example: str) -> Any:
@@ -14,6 +20,10 @@ def form_field(description: str, example: str) -> Any:
 
 class FormFields(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def upload_field() -> Any:
+    return Field(None, description=UPLOAD_DESCRIPTION)
 
 
 class SpeakerFields(FormFields):

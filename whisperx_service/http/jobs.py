@@ -28,6 +28,7 @@ from ..logs import bind_request_id
 from ..schema import JobProgress, JobState
 from ..writers import render_transcribe
 from .envelope import Gateway, GatewayDep, answer, transcribe
+from .forms import UPLOAD_DESCRIPTION
 from .openai import TranscriptionForm, openai_transcription
 from .transcribe import TranscribeForm
 
@@ -37,15 +38,18 @@ logger = logging.getLogger("whisperx_service.jobs")
 class TranscribeJobInput(TranscribeForm, IODescriptor):
     """/transcribe's form as a job: the same fields, and the recording BentoML spools."""
 
-    audio_file: Path = Field(description="The recording (any format ffmpeg reads).")
+    audio_file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
 
 
 class TranscriptionJobInput(TranscriptionForm, IODescriptor):
     """/v1/audio/transcriptions' form as a job; granularities comma-separated."""
 
-    file: Path = Field(description="The recording (any format ffmpeg reads).")
-    timestamp_granularities: str | None = Field(
+    file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
+    timestamp_granularities: str | None = Field(  # type: ignore[assignment]  # comma-separated here
         None, description="Comma-separated: word, segment (verbose_json).", examples=["word,segment"])
+
+    def granularities(self) -> list[str]:
+        return (self.timestamp_granularities or "").split(",")
 
 
 class JobTasks:
@@ -98,7 +102,7 @@ class JobTasks:
         form = TranscriptionJobInput.model_validate(fields)
 
         async def work(request_id: str, record: JobRecord) -> Response:
-            params, options = form.parse(self, "transcribe", (form.timestamp_granularities or "").split(","))
+            params, options = form.parse(self, "transcribe")
             return await openai_transcription(self, request_id, "transcribe", self._decode(form.file),
                                               params, options, record)
 

@@ -11,8 +11,9 @@ import logging
 from typing import Annotated, Any
 
 import bentoml
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request, UploadFile
 from fastapi.responses import Response
+from pydantic import Field
 
 from ..config import get_settings
 from ..errors import MissingFile, ModelNotFound
@@ -21,7 +22,7 @@ from ..schema import ModelCard, ModelList, OpenAIVerboseTranscription
 from ..uploads import decode_upload
 from ..writers import render_openai
 from .envelope import Gateway, GatewayDep, answer, request_id_of, transcribe
-from .forms import FormFields, SpeakerFields, SubtitleFields, form_field
+from .forms import MULTIPART, FormFields, SpeakerFields, SubtitleFields, form_field, upload_field
 
 logger = logging.getLogger("whisperx_service.openai")
 router = APIRouter(tags=["OpenAI-compatible"])
@@ -82,6 +83,7 @@ async def retrieve_model(model: str) -> ModelCard:
 class TranslationForm(FormFields):
     """The fields of /v1/audio/translations (OpenAI's names)."""
 
+    file: UploadFile | None = upload_field()
     model: str | None = form_field("whisper-1 or the served model's name (GET /v1/models).", "whisper-1")
     prompt: str | None = form_field("Whisper's initial prompt: names, spelling, style.", "Kennedy, Americans")
     response_format: str | None = form_field(
@@ -90,11 +92,14 @@ class TranslationForm(FormFields):
     temperature: str | None = form_field("Accepted (0..1) and ignored: decoding is one beam search "
                                      "(WXS_BEAM_SIZE) with no temperature fallback.", "0")
 
-    def parse(self, gateway: Gateway, task: str, granularities: list[str]) -> tuple[OpenAIParams, SubtitleOptions]:
-        fields = self.model_dump()
+    def granularities(self) -> list[str]:
+        return []
+
+    def parse(self, gateway: Gateway, task: str) -> tuple[OpenAIParams, SubtitleOptions]:
+        fields = self.model_dump(exclude={"file", "timestamp_granularities"})
         settings = gateway.settings
         params = parse_openai_params(
-            fields, granularities, task=task, served_models=served_models(),
+            fields, self.granularities(), task=task, served_models=served_models(),
             max_speakers_limit=settings.max_speakers_limit, default_zh_script=settings.default_zh_script,
         )
         return params, parse_subtitle_options(fields, {})
@@ -104,6 +109,12 @@ class TranscriptionForm(TranslationForm, SpeakerFields, SubtitleFields):
     """The fields of /v1/audio/transcriptions: OpenAI's, plus (extras) speaker counts and subtitle options."""
 
     language: str | None = form_field("ISO-639-1 code of the speech; detected when absent.", "en")
+    timestamp_granularities: list[str] | None = Field(
+        None, alias="timestamp_granularities[]", description="word and/or segment (verbose_json); default segment.",
+        examples=[["word", "segment"]])
+
+    def granularities(self) -> list[str]:
+        return self.timestamp_granularities or []
 
 
 async def openai_transcription(
@@ -118,38 +129,30 @@ async def openai_transcription(
     return answer(rendered, request_id)
 
 
-async def _audio_api(gateway: Gateway, request: Request, task: str, file: UploadFile | None,
-                     form: TranslationForm, granularities: list[str] | None) -> Response:
+async def _audio_api(gateway: Gateway, request: Request, task: str, form: TranslationForm) -> Response:
     request_id = request_id_of(request)
-    params, options = form.parse(gateway, task, granularities or [])
-    if file is None:
+    params, options = form.parse(gateway, task)
+    if form.file is None:
         raise MissingFile("send the recording as the multipart file field 'file'", param="file")
-    return await openai_transcription(gateway, request_id, task, decode_upload(file, gateway.settings),
+    return await openai_transcription(gateway, request_id, task, decode_upload(form.file, gateway.settings),
                                       params, options)
-
-
-_File = Annotated[UploadFile | None, File(description="The recording (any format ffmpeg reads).")]
-_Granularities = Annotated[list[str] | None, Form(
-    alias="timestamp_granularities[]", description="word and/or segment (verbose_json); default segment.",
-    examples=[["word", "segment"]])]
 
 
 @router.post("/v1/audio/transcriptions", responses={**_FORMATS_DOC, **_ERRORS}, response_class=Response)
 async def create_transcription(
-    gateway: GatewayDep, request: Request, form: Annotated[TranscriptionForm, Form()],
-    file: _File = None, timestamp_granularities: _Granularities = None,
+    gateway: GatewayDep, request: Request, form: Annotated[TranscriptionForm, MULTIPART],
 ) -> Response:
     """Speech to text in the language spoken (OpenAI's `audio.transcriptions.create`).
 
     Speakers are diarized for `diarized_json` or when a speaker count is given; srt/vtt/text
     cues then carry `[SPEAKER_00]: `.
     """
-    return await _audio_api(gateway, request, "transcribe", file, form, timestamp_granularities)
+    return await _audio_api(gateway, request, "transcribe", form)
 
 
 @router.post("/v1/audio/translations", responses={**_FORMATS_DOC, **_ERRORS}, response_class=Response)
 async def create_translation(
-    gateway: GatewayDep, request: Request, form: Annotated[TranslationForm, Form()], file: _File = None,
+    gateway: GatewayDep, request: Request, form: Annotated[TranslationForm, MULTIPART],
 ) -> Response:
     """Speech in any language to English text (OpenAI's `audio.translations.create`)."""
-    return await _audio_api(gateway, request, "translate", file, form, None)
+    return await _audio_api(gateway, request, "translate", form)

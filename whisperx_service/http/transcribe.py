@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request, UploadFile
 from starlette.responses import Response
 
 from ..errors import MissingFile
@@ -20,7 +20,7 @@ from ..schema import TranscriptionResponse
 from ..uploads import decode_upload
 from ..writers import MEDIA_TYPES, render_transcribe
 from .envelope import Gateway, GatewayDep, answer, request_id_of, transcribe
-from .forms import SpeakerFields, SubtitleFields, form_field
+from .forms import MULTIPART, SpeakerFields, SubtitleFields, form_field, upload_field
 
 router = APIRouter()
 
@@ -28,6 +28,7 @@ router = APIRouter()
 class TranscribeForm(SpeakerFields, SubtitleFields):
     """The fields of /transcribe and of its async job; raw strings, parsed into one 422 each."""
 
+    audio_file: UploadFile | None = upload_field()
     language: str | None = form_field("Language code or name (en, zh...); detected when absent.", "en")
     diarize: str | None = form_field("false skips speaker diarization.", "true")
     zh_script: str | None = form_field("simplified, traditional or original.", "simplified")
@@ -37,7 +38,7 @@ class TranscribeForm(SpeakerFields, SubtitleFields):
 
     def parse(self, gateway: Gateway, query: Mapping[str, str]) -> tuple[TranscribeParams, str, SubtitleOptions]:
         """The pipeline's parameters and the output options (form first, then the query string)."""
-        fields = self.model_dump()
+        fields = self.model_dump(exclude={"audio_file"})
         settings = gateway.settings
         params = parse_transcribe_params(fields, query, max_speakers_limit=settings.max_speakers_limit,
                                          default_zh_script=settings.default_zh_script)
@@ -49,13 +50,12 @@ class TranscribeForm(SpeakerFields, SubtitleFields):
 async def transcribe_route(
     gateway: GatewayDep,
     request: Request,
-    form: Annotated[TranscribeForm, Form()],
-    audio_file: Annotated[UploadFile | None, File(description="The recording (any format ffmpeg reads).")] = None,
+    form: Annotated[TranscribeForm, MULTIPART],
 ) -> Response:
     """Transcript, word timestamps and speakers of one recording (WhisperX's JSON, or text/srt/vtt/tsv)."""
     request_id = request_id_of(request)
     params, fmt, options = form.parse(gateway, request.query_params)
-    if audio_file is None:
+    if form.audio_file is None:
         raise MissingFile("send the recording as the multipart file field 'audio_file'", param="audio_file")
-    done = await transcribe(gateway, request_id, decode_upload(audio_file, gateway.settings), params)
+    done = await transcribe(gateway, request_id, decode_upload(form.audio_file, gateway.settings), params)
     return answer(render_transcribe(done.response, fmt, options), request_id)
