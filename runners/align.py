@@ -18,6 +18,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service import model_store
+from whisperx_service.audio import pcm_to_float
 from whisperx_service.config import get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
@@ -108,7 +109,7 @@ class Aligner:
 
             with torch.inference_mode():
                 aligned = whisperx.align(
-                    transcript, model, metadata, np.asarray(audio, dtype=np.float32),
+                    transcript, model, metadata, pcm_to_float(audio),
                     self.device, return_char_alignments=False,
                 )
             result = [_segment(s) for s in aligned["segments"]]

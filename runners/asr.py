@@ -21,7 +21,7 @@ import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
-from whisperx_service.audio import SAMPLE_RATE
+from whisperx_service.audio import SAMPLE_RATE, pcm_to_float
 from whisperx_service.config import get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
@@ -130,7 +130,7 @@ class ASR:
         """Speech chunks of 16 kHz mono float32 audio (the pipeline decides the language)."""
         with bind_request_id(request_id):
             started = time.perf_counter()
-            audio = np.ascontiguousarray(audio, dtype=np.float32)
+            audio = np.ascontiguousarray(pcm_to_float(audio))
             chunks = self._speech_chunks(audio)
             logger.info("planned %.1f s: %d chunks in %.2f s", audio.shape[0] / SAMPLE_RATE,
                         len(chunks), time.perf_counter() - started)
@@ -166,13 +166,13 @@ class ASR:
             return LanguageDetection(language="en", probability=1.0,
                                      alternatives=[LanguageProbability(language="en", probability=1.0)])
         top = [LanguageProbability(language=lang, probability=round(p, 4))
-               for lang, p in self._ranked_languages(audio)[:max(1, top_k)]]
+               for lang, p in self._ranked_languages(pcm_to_float(audio))[:max(1, top_k)]]
         return LanguageDetection(language=top[0].language, probability=top[0].probability, alternatives=top)
 
     # --- decoding --------------------------------------------------------------------------------
 
     def _encode(self, batch: list[ChunkJob]) -> tuple[np.ndarray, Any]:
-        features = np.stack([self._features(np.asarray(job.audio, dtype=np.float32)) for job in batch])
+        features = np.stack([self._features(pcm_to_float(job.audio)) for job in batch])
         return features, self.whisper.encode(features)
 
     def _detect_and_decode(

@@ -275,8 +275,24 @@ def _ffmpeg_reason(stderr: bytes, fallback: str) -> str:
     return f"{fallback} ({last[:200]})"
 
 
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """16-bit PCM (what crosses services: half the bytes of float32) as float32 in [-1, 1).
+
+    Float input passes through as float32, so runners take either."""
+    if samples.dtype == np.int16:
+        out = samples.astype(np.float32)
+        out *= 1.0 / 32768.0
+        return out
+    return np.asarray(samples, dtype=np.float32)
+
+
 async def decode_audio(path: Path, *, max_seconds: float, limits: DecodeLimits | None = None) -> np.ndarray:
-    """Decode `path` to mono float32 16 kHz samples.
+    """Decode `path` to mono float32 16 kHz samples (`decode_pcm`, as floats)."""
+    return pcm_to_float(await decode_pcm(path, max_seconds=max_seconds, limits=limits))
+
+
+async def decode_pcm(path: Path, *, max_seconds: float, limits: DecodeLimits | None = None) -> np.ndarray:
+    """Decode `path` to mono 16-bit 16 kHz samples (int16, read-only).
 
     Raises EmptyUpload for a 0-byte file, UnsupportedMedia for a container not on the demuxer
     allowlist, InvalidAudio when ffmpeg cannot decode it or it ends well before the length its
@@ -328,7 +344,7 @@ async def decode_audio(path: Path, *, max_seconds: float, limits: DecodeLimits |
     if proc.returncode != 0:
         raise InvalidAudio(_ffmpeg_reason(stderr, "could not decode the upload as audio"))
     pcm = b"".join(chunks)
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.int16, copy=False)
     decoded = samples.shape[0] / SAMPLE_RATE
     if declared is not None and declared > 2.0 and decoded < 0.9 * declared - 1.0:
         raise InvalidAudio(

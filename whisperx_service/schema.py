@@ -158,7 +158,8 @@ class AsrPlan(BaseModel):
 class ChunkJob(BaseModel):
     """One speech chunk to decode. Chunks of all in-flight requests are batched together."""
 
-    audio: Annotated[np.ndarray, TensorSchema(format="numpy-array", dtype="float32")]
+    audio: Annotated[np.ndarray, TensorSchema(format="numpy-array", dtype="int16")] = Field(
+        description="16-kHz mono 16-bit PCM (float32 is taken too).")
     offset: float = Field(description="Where the chunk starts in its recording, seconds.")
     language: str | None = Field(
         description="None: detect it on this chunk's own encoder output (no extra encoder pass)."

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from starlette.datastructures import UploadFile
 
-from .audio import DecodeLimits, check_upload_type, decode_audio
+from .audio import DecodeLimits, check_upload_type, decode_pcm
 from .config import Settings
 
 _BLOCK = 1 << 20
@@ -56,10 +56,10 @@ def discard_spool(path: Path) -> None:
 
 
 async def decode_upload(upload: UploadFile, settings: Settings) -> np.ndarray:
-    """Spool the upload to disk, decode it once with ffmpeg, always remove the spool directory."""
+    """Spool the upload to disk, decode it once with ffmpeg (16-bit PCM), always remove the spool directory."""
     path = await spool_upload(upload, settings)
     try:
-        return await decode_audio(path, max_seconds=settings.max_audio_seconds,
-                                  limits=DecodeLimits.from_settings(settings))
+        return await decode_pcm(path, max_seconds=settings.max_audio_seconds,
+                                limits=DecodeLimits.from_settings(settings))
     finally:
         discard_spool(path)

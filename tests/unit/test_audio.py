@@ -47,3 +47,13 @@ def test_truncated_wav_is_refused(tmp_path: Path) -> None:
 def test_duration_limit_stops_before_model_work() -> None:
     with pytest.raises(AudioTooLong):
         decode(PYANNOTE_SAMPLE, max_seconds=10.0)
+
+
+def test_pcm_crosses_services_in_half_the_bytes_with_the_same_samples() -> None:
+    from whisperx_service.audio import decode_pcm, pcm_to_float
+
+    pcm = asyncio.run(decode_pcm(JFK_FLAC, max_seconds=60))
+    floats = decode(JFK_FLAC)
+    assert pcm.dtype == np.int16 and pcm.nbytes * 2 == floats.nbytes
+    assert np.array_equal(pcm_to_float(pcm), floats)  # exact: 16-bit samples scaled by a power of two
+    assert pcm_to_float(floats) is floats  # runners take floats too

@@ -28,7 +28,7 @@ from whisperx_service.schema import (
 
 RATE = 16_000
 CHUNKS = [TimeSpan(start=0.5, end=4.0), TimeSpan(start=5.0, end=9.0), TimeSpan(start=10.0, end=11.5)]
-AUDIO = np.zeros(12 * RATE, dtype=np.float32)
+AUDIO = np.zeros(12 * RATE, dtype=np.int16)  # the gateway carries 16-bit PCM
 
 
 class Events:
@@ -60,6 +60,7 @@ class FakeASR:
         if self.fail is not None:
             raise self.fail
         (job,) = jobs
+        assert job.audio.dtype == np.int16  # chunks cross in half the bytes of float32
         self.jobs.append(job)
         self.events(f"decode@{job.offset}")
         await asyncio.sleep(0.01)

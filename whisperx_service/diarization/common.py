@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from whisperx_service.audio import pcm_to_float
 from whisperx_service.schema import UNKNOWN_SPEAKERS, SpeakerCounts, SpeakerTurn
 
 SAMPLE_RATE = 16000
@@ -32,8 +33,10 @@ def offline_environment() -> None:
 
 
 def prepare_audio(audio: np.ndarray) -> np.ndarray:
-    """A writable, contiguous, finite float32 mono copy in [-1, 1]."""
-    wave = np.array(audio, dtype=np.float32, copy=True)
+    """A writable, contiguous, finite float32 mono copy in [-1, 1] (of 16-bit PCM or floats)."""
+    wave = pcm_to_float(audio)
+    if wave is audio or not wave.flags.writeable:
+        wave = wave.copy()
     if wave.ndim > 1:
         wave = wave.mean(axis=-1) if wave.shape[-1] < wave.shape[0] else wave.mean(axis=0)
     wave = np.nan_to_num(wave.reshape(-1), nan=0.0, posinf=1.0, neginf=-1.0)

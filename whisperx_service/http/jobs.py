@@ -21,7 +21,7 @@ from fastapi import APIRouter
 from pydantic import Field
 from starlette.responses import JSONResponse, Response
 
-from ..audio import decode_audio
+from ..audio import decode_pcm
 from ..errors import JobNotFound, ServiceError, internal_error
 from ..jobs import JobBoard, JobRecord, stored_status
 from ..logs import bind_request_id
@@ -82,7 +82,7 @@ class JobTasks:
             return response
 
     def _decode(self: Any, path: Path) -> Awaitable[Any]:
-        return decode_audio(Path(path), max_seconds=self.settings.max_audio_seconds)
+        return decode_pcm(Path(path), max_seconds=self.settings.max_audio_seconds)
 
     @bentoml.task(route="/jobs/transcribe", input_spec=TranscribeJobInput)
     async def transcribe_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
