@@ -124,7 +124,7 @@ def test_held_decode_length(monkeypatch: pytest.MonkeyPatch) -> None:
     audio = asyncio.run(decode_audio(JFK_FLAC, max_seconds=60))
     _, jobs = _jobs(held, audio, words=False)
     (text,) = held.decode(jobs)
-    tokenizer = held._tokenizer("en", "transcribe")
+    tokenizer = held.whisper.tokenizer("en", "transcribe")
     assert len(tokenizer.encode(" " + text.text)) == 7, text.text
     # Words, not punctuation: CPUs round int8 kernels differently ("And so my" / "And so, my").
     held_words = normalize_words(text.text).split()
