@@ -50,6 +50,16 @@ class TreeMemory(threading.Thread):
         self.peak_by_process_mib: dict[str, float] = {}
         self.stop_event = threading.Event()
 
+    def current_mib(self) -> float:
+        """The whole tree's RSS now."""
+        total = 0.0
+        for proc in [self.root, *self.root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+        return total
+
     def run(self) -> None:
         while not self.stop_event.wait(0.5):
             try:

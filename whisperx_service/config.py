@@ -29,8 +29,9 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-# Whole-graph memory per second of audio in flight, at its peak (bench/memory.py measures it).
-AUDIO_SECOND_COST_BYTES = 1_000_000
+# Whole-graph memory per second of audio in flight, at its peak: the slope bench/memory.py
+# measures between a 2- and a 10-minute meeting on the embedded defaults (1.83 MiB).
+AUDIO_SECOND_COST_BYTES = 1_920_000
 
 
 class Settings(BaseSettings):
@@ -110,6 +111,16 @@ class Settings(BaseSettings):
     )
     align_threads: int = Field(
         default_factory=_cpu_count, ge=1, description="torch threads of the alignment runner."
+    )
+    align_batch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Compute the wav2vec2 emissions of the segments of all in-flight requests in "
+        "padded batches (on), or whisperx's way, one segment at a time (off); auto: batched on CUDA, "
+        "per segment on a CPU, where batches measured slower (bench/align_batch.py).",
+    )
+    align_batch_size: int | None = Field(
+        None, ge=1,
+        description="Most segments per wav2vec2 batch when batching; unset: 16 on CUDA, 4 on a CPU.",
     )
 
     # --- request limits ---
