@@ -45,7 +45,8 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         self.lifecycle.install_drain_on_sigterm()
         self.audio_budget = AudioBudget(
             self.settings.audio_budget_s(), self.settings.retry_after_s,
-            on_reject=lambda reason: self.metrics.rejected.labels(reason=reason).inc())
+            on_reject=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
+            on_change=self.metrics.audio_in_flight.set)
 
 
 def _current_gateway() -> Gateway | None:

@@ -135,22 +135,23 @@ class AudioBudget:
     One recording longer than the whole budget still runs, alone.
     """
 
-    def __init__(self, limit_s: float, retry_after_s: int,
-                 on_reject: Callable[[str], None] | None = None) -> None:
+    def __init__(self, limit_s: float, retry_after_s: int, on_reject: Callable[[str], None] | None = None,
+                 on_change: Callable[[float], None] | None = None) -> None:
         self.limit_s = limit_s
         self.retry_after_s = retry_after_s
         self.on_reject = on_reject  # called with the error code (a metrics counter)
+        self.on_change = on_change  # called with the seconds in flight (a metrics gauge)
         self.in_flight_s = 0.0
         self._freed: asyncio.Condition | None = None  # made on the event loop, at first use
 
-    def _fits(self, seconds: float) -> bool:
+    def fits(self, seconds: float) -> bool:
         return self.in_flight_s == 0 or self.in_flight_s + seconds <= self.limit_s
 
     @contextlib.asynccontextmanager
     async def hold(self, seconds: float, *, wait: bool) -> AsyncIterator[None]:
         if self._freed is None:
             self._freed = asyncio.Condition()
-        if not self._fits(seconds):
+        if not self.fits(seconds):
             if not wait:
                 if self.on_reject is not None:
                     self.on_reject("overloaded")
@@ -159,14 +160,19 @@ class AudioBudget:
                     f"{self.limit_s:.0f} s) and this recording has {seconds:.0f} s; retry later",
                     retry_after_s=self.retry_after_s, code="overloaded")
             async with self._freed:
-                await self._freed.wait_for(lambda: self._fits(seconds))
-        self.in_flight_s += seconds
+                await self._freed.wait_for(lambda: self.fits(seconds))
+        self._add(seconds)
         try:
             yield
         finally:
-            self.in_flight_s -= seconds
+            self._add(-seconds)
             async with self._freed:
                 self._freed.notify_all()
+
+    def _add(self, seconds: float) -> None:
+        self.in_flight_s += seconds
+        if self.on_change is not None:
+            self.on_change(self.in_flight_s)
 
 
 def outlive_gateway(grace_s: float) -> None:

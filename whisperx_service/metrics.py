@@ -32,6 +32,10 @@ class GatewayMetrics:
             "wxs_rejected_requests", "Requests answered before any model work, by reason.",
             labelnames=["reason"], registry=None,
         )
+        self.audio_in_flight = Gauge(
+            "wxs_audio_seconds_in_flight", "Seconds of decoded audio in model work now (the memory budget).",
+            multiprocess_mode="livesum", registry=None,
+        )
         self.in_flight = Gauge(
             "wxs_requests_in_flight", "Requests and jobs doing model work now.",
             multiprocess_mode="livesum", registry=None,

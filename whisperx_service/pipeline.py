@@ -92,7 +92,14 @@ class StageClock:
         try:
             yield
         finally:
-            self.stages[stage] = StageTiming(start=start, end=self.now())
+            self._record(stage, start)
+
+    def _record(self, stage: str, start: float) -> None:
+        """A stage run in several calls (alignment, chunk by chunk) spans the first to the last."""
+        end, earlier = self.now(), self.stages.get(stage)
+        if earlier is not None:
+            start, end = min(start, earlier.start), max(end, earlier.end)
+        self.stages[stage] = StageTiming(start=start, end=end)
 
     async def run(self, stage: str, call: Awaitable[T], timeout_s: float | None = None) -> T:
         """Await one stage; whatever it raises leaves as one of our errors naming the stage."""
@@ -102,7 +109,7 @@ class StageClock:
         except Exception as exc:  # noqa: BLE001 - mapped to our hierarchy, or re-raised
             raise map_stage_error(stage, exc) from exc
         finally:
-            self.stages[stage] = StageTiming(start=start, end=self.now())
+            self._record(stage, start)
 
 
 async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
@@ -160,13 +167,26 @@ class Pipeline:
             progress.stage("asr")
 
         async def words() -> tuple[AsrResult, list[Segment], AlignmentInfo]:
-            asr = await self._stage(clock, "asr", self.transcribe(
-                audio, params, aligned, request_id,
-                on_chunk=progress.transcribed if progress is not None else None))
-            convert_asr_segments(asr.segments, asr.language, params.zh_script)
-            if progress is not None:
-                progress.stage("align")
-            return (asr, *await self._timed_words(audio, asr, aligned, clock, request_id))
+            # Each chunk is aligned as soon as it is decoded, while later chunks (and diarization)
+            # still run: whisperx aligns segment by segment, so this is the same work, started early.
+            aligning: list[asyncio.Future[tuple[list[Segment], str]]] = []
+
+            def align_early(segment: AsrSegment, language: str) -> None:
+                convert_asr_segments([segment], language, params.zh_script)
+                if word_timing_method(language, aligned) is WordTimestampMethod.wav2vec2:
+                    aligning.append(asyncio.ensure_future(self._stage(
+                        clock, "align", self._align_chunk(audio, segment, language, request_id))))
+
+            try:
+                asr = await self._stage(clock, "asr", self.transcribe(
+                    audio, params, aligned, request_id, on_segment=align_early,
+                    on_chunk=progress.transcribed if progress is not None else None))
+                if progress is not None:
+                    progress.stage("align")
+                return (asr, *await self._timed_words(asr, aligning))
+            finally:
+                for task in aligning:
+                    task.cancel()
 
         if params.diarize:
             diarize = self._stage(clock, "diarize", call_runner(lambda: self.diarizer.diarize(
@@ -188,13 +208,15 @@ class Pipeline:
     async def transcribe(
         self, audio: np.ndarray, params: TranscribeParams, aligned: list[str], request_id: str,
         on_chunk: Callable[[float], None] | None = None,
+        on_segment: Callable[[AsrSegment, str], None] | None = None,
     ) -> AsrResult:
         """ASR as two runner steps: plan (VAD chunks), then one `decode` call per chunk.
 
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher.
         The language rule: a given language wins; an English-only model means English; otherwise
         the first chunk goes alone, is detected on its own encoder output, and the others follow
-        in its language.
+        in its language. `on_chunk` gets the audio seconds transcribed so far, `on_segment` each
+        chunk's text (with its language) as soon as it is decoded.
         """
         plan = AsrPlan.model_validate(await call_runner(
             lambda: self.asr.plan(audio=audio, request_id=request_id)))
@@ -206,7 +228,7 @@ class Pipeline:
         done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
         total = audio.shape[0] / SAMPLE_RATE
 
-        async def decode(span: TimeSpan) -> ChunkText:
+        async def decode(span: TimeSpan) -> tuple[AsrSegment, ChunkText]:
             nonlocal done
             job = ChunkJob(
                 audio=audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)],
@@ -214,22 +236,23 @@ class Pipeline:
                 aligned_languages=aligned,
             )
             async with in_flight:
-                (text,) = await call_runner(lambda: self.asr.decode([job]))
+                (raw,) = await call_runner(lambda: self.asr.decode([job]))
+            text = ChunkText.model_validate(raw)
             if on_chunk is not None:  # progress in audio seconds, by the share of speech decoded
                 done += span.end - span.start
                 on_chunk(total * done / speech)
-            return ChunkText.model_validate(text)
+            segment = AsrSegment(start=span.start, end=span.end, text=text.text,
+                                 avg_logprob=text.avg_logprob, words=text.words)
+            if on_segment is not None and segment.text:
+                on_segment(segment, text.language or language or "")
+            return segment, text
 
-        texts: list[ChunkText] = []
+        decoded: list[tuple[AsrSegment, ChunkText]] = []
         if language is None and plan.chunks:
-            texts.append(await decode(plan.chunks[0]))
-            language, probability = texts[0].language, texts[0].language_probability
-        texts += await asyncio.gather(*(decode(span) for span in plan.chunks[len(texts):]))
-        segments = [
-            AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
-                       words=text.words)
-            for span, text in zip(plan.chunks, texts, strict=True) if text.text
-        ]
+            decoded.append(await decode(plan.chunks[0]))
+            language, probability = decoded[0][1].language, decoded[0][1].language_probability
+        decoded += await asyncio.gather(*(decode(span) for span in plan.chunks[len(decoded):]))
+        segments = [segment for segment, _ in decoded if segment.text]
         return AsrResult(segments=segments, language=language or "",
                          language_probability=probability, model=plan.model)
 
@@ -240,16 +263,26 @@ class Pipeline:
             lambda: self.asr.detect_language(audio=head, top_k=top_k)))
         return LanguageDetection.model_validate(raw)
 
+    async def _align_chunk(self, audio: np.ndarray, segment: AsrSegment, language: str,
+                           request_id: str) -> tuple[list[Segment], str]:
+        """One decoded chunk, forced-aligned on its own samples (times shifted there and back)."""
+        first, last = int(segment.start * SAMPLE_RATE), int(np.ceil(segment.end * SAMPLE_RATE))
+        offset = first / SAMPLE_RATE
+        local = segment.model_copy(update={"start": segment.start - offset, "end": segment.end - offset})
+        raw = await call_runner(lambda: self.aligner.align(
+            audio=audio[first:last], segments=[local], language=language, request_id=request_id))
+        result = AlignResult.model_validate(raw)
+        return [_shifted(s, offset) for s in result.segments], result.model
+
     async def _timed_words(
-        self, audio: np.ndarray, asr: AsrResult, aligned: list[str], clock: StageClock, request_id: str,
+        self, asr: AsrResult, aligning: list[asyncio.Future[tuple[list[Segment], str]]],
     ) -> tuple[list[Segment], AlignmentInfo]:
         if not asr.segments:
             return [], AlignmentInfo(method=WordTimestampMethod.none, note="no speech found")
-        if word_timing_method(asr.language, aligned) is WordTimestampMethod.wav2vec2:
-            raw = await self._stage(clock, "align", call_runner(lambda: self.aligner.align(
-                audio=audio, segments=asr.segments, language=asr.language, request_id=request_id)))
-            result = AlignResult.model_validate(raw)
-            return list(result.segments), AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=result.model)
+        if aligning:
+            results = await asyncio.gather(*aligning)
+            segments = sorted((s for chunk, _ in results for s in chunk), key=lambda s: (s.start, s.end))
+            return segments, AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=results[0][1])
         segments = [s for seg in asr.segments for s in sentences_from_whisper_words(seg)]
         return segments, AlignmentInfo(
             method=WordTimestampMethod.whisper, model=asr.model,
@@ -259,6 +292,15 @@ class Pipeline:
 
     async def _stage(self, clock: StageClock, stage: str, call: Awaitable[T]) -> T:
         return await clock.run(stage, call, timeout_s=self.limits.stage_timeout_s)
+
+
+def _shifted(segment: Segment, offset: float) -> Segment:
+    def at(t: float | None) -> float | None:
+        return None if t is None else round(t + offset, 3)
+
+    return segment.model_copy(update={
+        "start": round(segment.start + offset, 3), "end": round(segment.end + offset, 3),
+        "words": [w.model_copy(update={"start": at(w.start), "end": at(w.end)}) for w in segment.words]})
 
 
 async def _gather_both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:

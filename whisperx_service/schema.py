@@ -320,7 +320,8 @@ class JobProgress(BaseModel):
     task_id: str
     kind: str = Field(description="transcribe (seed shape) or transcription (OpenAI shape).")
     state: JobState
-    stage: str = Field(description="queued, decode, asr, align, speakers, render, done or failed.",
+    stage: str = Field(description="queued, decode, waiting (for room in the audio budget), asr, align, "
+                       "render, done or failed.",
                        examples=["asr"])
     audio_seconds: float | None = Field(None, description="Length of the recording once decoded.")
     transcribed_seconds: float = Field(0.0, description="Audio transcribed so far.")

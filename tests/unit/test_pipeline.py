@@ -63,7 +63,8 @@ class FakeASR:
         assert job.audio.dtype == np.int16  # chunks cross in half the bytes of float32
         self.jobs.append(job)
         self.events(f"decode@{job.offset}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01 + 0.01 * job.offset)  # later chunks take longer
+        self.events(f"decoded@{job.offset}")
         language = job.language or self.detected
         end = job.offset + job.audio.shape[0] / RATE
         words = None
@@ -80,6 +81,7 @@ class FakeAligner:
     def __init__(self, events: Events, languages: list[str], fail: BaseException | None = None,
                  gate: asyncio.Event | None = None) -> None:
         self.events, self._languages, self.fail, self.gate = events, languages, fail, gate
+        self.calls: list[tuple[int, list[tuple[float, float]]]] = []
 
     async def languages(self) -> list[str]:
         return self._languages
@@ -87,6 +89,7 @@ class FakeAligner:
     async def align(self, *, audio: np.ndarray, segments: list[Any], language: str,
                     request_id: str | None = None) -> AlignResult:
         self.events("align")
+        self.calls.append((audio.shape[0], [(s.start, s.end) for s in segments]))
         if self.gate is not None:
             self.gate.set()
         if self.fail is not None:
@@ -135,10 +138,18 @@ def run(pipeline: Pipeline, params: TranscribeParams | None = None, progress: Re
 
 def test_stage_order_and_speakers_on_every_word() -> None:
     events = Events()
-    pipeline = Pipeline(FakeASR(events), FakeAligner(events, ["en"]), FakeDiarizer(events))
+    aligner = FakeAligner(events, ["en"])
+    pipeline = Pipeline(FakeASR(events), aligner, FakeDiarizer(events))
     response = run(pipeline)
-    assert events.index("plan") < events.index("decode@0.5") < events.index("align")
-    assert all(events.index(f"decode@{c.start}") < events.index("align") for c in CHUNKS)
+    assert events.index("plan") < events.index("decoded@0.5") < events.index("align")
+    # Each chunk is aligned as soon as it is decoded: the first before the last is done.
+    assert events.index("align") < events.index("decoded@10.0")
+    # ...on its own samples, with times local to it, shifted back into the recording.
+    assert sorted(aligner.calls) == sorted((int((c.end - c.start) * RATE), [(0.0, c.end - c.start)])
+                                           for c in CHUNKS)
+    assert [(s.start, s.end) for s in response.segments] == [(c.start, c.end) for c in CHUNKS]
+    assert all(c.start <= w.start <= w.end <= c.end for c, s in zip(CHUNKS, response.segments, strict=True)
+               for w in s.words)
     assert response.alignment.method == "wav2vec2" and response.alignment.model == "fake-aligner:1"
     assert [s.speaker for s in response.segments] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_01"]
     assert all(w.speaker for w in response.word_segments)

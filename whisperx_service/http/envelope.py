@@ -76,6 +76,8 @@ async def transcribe(
         seconds = audio.shape[0] / SAMPLE_RATE
         if progress is not None:
             progress.audio(seconds)
+            if not gateway.audio_budget.fits(seconds):
+                progress.stage("waiting")  # for room in the audio budget
         async with gateway.audio_budget.hold(seconds, wait=progress is not None):  # jobs wait their turn
             response = await gateway.pipeline.run(audio, params, request_id=request_id, clock=clock,
                                                   progress=progress)
