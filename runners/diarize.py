@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import bentoml
 import numpy as np
 from bentoml.models import BentoModel
 
-from whisperx_service.config import DiarizationBackend, get_settings, runner_service_config
+from whisperx_service.config import get_settings, runner_service_config
+from whisperx_service.diarization.selftest import (
+    BackendUnavailable,
+    backend_that_runs_here,
+    may_load_pyannote,
+    stop_serving,
+)
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.memory import limit_malloc_arenas, release_free_memory
@@ -32,7 +37,9 @@ _declared = get_settings()
 
 @bentoml.service(name="diarize", **runner_service_config(_declared.diarization_threads))
 class Diarizer:
-    if _declared.diarization_backend is DiarizationBackend.pyannote:
+    # Declared (so `bentoml build` packages it) whenever the runner may load it: configured, or
+    # the fallback of a backend that fails its self-test on the machine the bento lands on.
+    if may_load_pyannote(_declared):
         pipeline_model = BentoModel(_declared.diarization_model)
 
     def __init__(self) -> None:
@@ -41,11 +48,14 @@ class Diarizer:
         outlive_gateway(settings.shutdown_grace_s)  # SIGTERM: serve until the gateway has drained
         started = time.perf_counter()
         limit_malloc_arenas(2)  # before the embedding threads exist (whisperx_service.memory)
-        model_dir = None
-        if settings.diarization_backend is DiarizationBackend.pyannote:
-            model_dir = Path(bentoml.models.get(settings.diarization_model).path)
+        # A backend whose native code dies here must not be loaded: it would crash on every request.
+        try:
+            backend, model_dir = backend_that_runs_here(settings)
+        except BackendUnavailable as exc:
+            stop_serving(str(exc))  # else BentoML restarts this runner for ever, to fail again
+            raise
         self.backend = load_backend(
-            settings.diarization_backend.value,
+            backend,
             model_dir=model_dir,
             device=settings.resolved_device(),
             threads=settings.diarization_threads,
