@@ -4,6 +4,7 @@ for room instead of failing, and the whole tree's memory stays under a stated bo
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -85,6 +86,8 @@ def test_recordings_beyond_the_budget_get_503_at_once_and_the_admitted_one_finis
             assert body["error"]["code"] == "overloaded" and body["retry_after"] == "4"
             assert "audio in flight" in body["error"]["message"]
             assert seconds < admitted[2] / 2  # answered at once, not after the admitted one
+    logging.getLogger(__name__).info("tree RSS idle %.0f MiB, peak %.0f MiB (+%.0f; bound +%.0f)",
+                                     idle, peak.peak, peak.peak - idle, BOUND_OVER_IDLE_MIB)
     assert peak.peak - idle < BOUND_OVER_IDLE_MIB, (idle, peak.peak)
     metrics = httpx.get(f"{budgeted.url}/metrics", timeout=30).text
     assert 'wxs_rejected_requests_total{reason="overloaded"} 2.0' in metrics
