@@ -15,6 +15,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service.config import get_settings, runner_service_config
+from whisperx_service.diarization.islands import diarize_speech
 from whisperx_service.diarization.selftest import (
     BackendUnavailable,
     backend_that_runs_here,
@@ -24,7 +25,7 @@ from whisperx_service.diarization.selftest import (
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.memory import limit_malloc_arenas, release_free_memory
-from whisperx_service.schema import DiarizationResult, SpeakerCounts
+from whisperx_service.schema import DiarizationResult, SpeakerCounts, TimeSpan
 
 with bentoml.importing():
     from whisperx_service.diarization import load_backend
@@ -65,11 +66,13 @@ class Diarizer:
                     time.perf_counter() - started)
 
     @bentoml.api
-    def diarize(self, audio: np.ndarray, speakers: SpeakerCounts, request_id: str | None = None) -> DiarizationResult:
+    def diarize(self, audio: np.ndarray, speakers: SpeakerCounts, speech: list[TimeSpan] | None = None,
+                request_id: str | None = None) -> DiarizationResult:
+        """Who spoke when; with `speech` (the ASR plan's voice activity), only where someone speaks."""
         with bind_request_id(request_id):
             started = time.perf_counter()
             try:
-                turns = self.backend.diarize(audio, speakers)
+                turns = diarize_speech(lambda wave: self.backend.diarize(wave, speakers), audio, speech)
             finally:
                 release_free_memory()
             found = len({t.speaker for t in turns})

@@ -65,7 +65,8 @@ class AlignRunner(Protocol):
 
 
 class DiarizeRunner(Protocol):
-    async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts, request_id: str | None = None) -> Any: ...
+    async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts, speech: list[TimeSpan] | None = None,
+                      request_id: str | None = None) -> Any: ...
 
 
 class Progress(Protocol):
@@ -166,6 +167,10 @@ class Pipeline:
         if progress is not None:
             progress.stage("asr")
 
+        # The speech chunks first: ASR decodes them, and diarization runs only where they are.
+        plan = await self._stage(clock, "asr", call_runner(lambda: self.asr.plan(audio=audio, request_id=request_id)))
+        plan = AsrPlan.model_validate(plan)
+
         async def words() -> tuple[AsrResult, list[Segment], AlignmentInfo]:
             # Each chunk is aligned as soon as it is decoded, while later chunks (and diarization)
             # still run: whisperx aligns segment by segment, so this is the same work, started early.
@@ -179,7 +184,7 @@ class Pipeline:
 
             try:
                 asr = await self._stage(clock, "asr", self.transcribe(
-                    audio, params, aligned, request_id, on_segment=align_early,
+                    audio, plan, params, aligned, on_segment=align_early,
                     on_chunk=progress.transcribed if progress is not None else None))
                 if progress is not None:
                     progress.stage("align")
@@ -190,7 +195,7 @@ class Pipeline:
 
         if params.diarize:
             diarize = self._stage(clock, "diarize", call_runner(lambda: self.diarizer.diarize(
-                audio=audio, speakers=params.speakers, request_id=request_id)))
+                audio=audio, speakers=params.speakers, speech=plan.chunks, request_id=request_id)))
             (asr, segments, alignment), raw_turns = await _gather_both(words(), diarize)
             found = DiarizationResult.model_validate(raw_turns)
             with clock.timed("assign"):
@@ -206,11 +211,11 @@ class Pipeline:
         )
 
     async def transcribe(
-        self, audio: np.ndarray, params: TranscribeParams, aligned: list[str], request_id: str,
+        self, audio: np.ndarray, plan: AsrPlan, params: TranscribeParams, aligned: list[str],
         on_chunk: Callable[[float], None] | None = None,
         on_segment: Callable[[AsrSegment, str], None] | None = None,
     ) -> AsrResult:
-        """ASR as two runner steps: plan (VAD chunks), then one `decode` call per chunk.
+        """ASR's second step: one `decode` call per speech chunk of the plan (the first step).
 
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher.
         The language rule: a given language wins; an English-only model means English; otherwise
@@ -218,8 +223,6 @@ class Pipeline:
         in its language. `on_chunk` gets the audio seconds transcribed so far, `on_segment` each
         chunk's text (with its language) as soon as it is decoded.
         """
-        plan = AsrPlan.model_validate(await call_runner(
-            lambda: self.asr.plan(audio=audio, request_id=request_id)))
         language: str | None = params.language
         probability: float | None = None
         if language is None and not plan.multilingual:

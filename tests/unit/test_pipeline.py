@@ -104,9 +104,10 @@ class FakeDiarizer:
                  wait_for: asyncio.Event | None = None) -> None:
         self.events, self.fail, self.wait_for = events, fail, wait_for
 
-    async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts,
+    async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts, speech: list[TimeSpan] | None = None,
                       request_id: str | None = None) -> DiarizationResult:
         self.events("diarize:start")
+        self.speech = speech
         if self.wait_for is not None:  # ends only once alignment has started
             await asyncio.wait_for(self.wait_for.wait(), timeout=2)
         else:
@@ -138,9 +139,10 @@ def run(pipeline: Pipeline, params: TranscribeParams | None = None, progress: Re
 
 def test_stage_order_and_speakers_on_every_word() -> None:
     events = Events()
-    aligner = FakeAligner(events, ["en"])
-    pipeline = Pipeline(FakeASR(events), aligner, FakeDiarizer(events))
+    aligner, diarizer = FakeAligner(events, ["en"]), FakeDiarizer(events)
+    pipeline = Pipeline(FakeASR(events), aligner, diarizer)
     response = run(pipeline)
+    assert diarizer.speech == CHUNKS  # diarization is told where the speech is
     assert events.index("plan") < events.index("decoded@0.5") < events.index("align")
     # Each chunk is aligned as soon as it is decoded: the first before the last is done.
     assert events.index("align") < events.index("decoded@10.0")
