@@ -53,9 +53,9 @@ def test_no_speech_means_no_diarization_and_mostly_speech_means_the_whole_record
 
 
 @pytest.mark.parametrize("spans, expected", [
-    ([(5, 6), (7, 8)], [(4.0, 9.0)]),              # closer than the join gap: one island
-    ([(5, 6), (20, 21)], [(4.0, 7.0), (19.0, 22.0)]),
-    ([(0.5, 2), (58.5, 59.5)], [(0.0, 3.0), (57.5, 60.0)]),  # padding stays inside the recording
+    ([(5, 6), (14, 15)], [(2.0, 18.0)]),              # closer than the join gap: one island
+    ([(5, 6), (25, 26)], [(2.0, 9.0), (22.0, 29.0)]),
+    ([(0.5, 2), (58.5, 59.5)], [(0.0, 5.0), (55.5, 60.0)]),  # padding stays inside the recording
 ])
 def test_islands(spans: list[tuple[float, float]], expected: list[tuple[float, float]]) -> None:
     assert speech_islands([TimeSpan(start=s, end=e) for s, e in spans], 60.0) == expected

@@ -17,8 +17,10 @@ from whisperx_service.schema import SpeakerTurn, TimeSpan
 
 from .common import SAMPLE_RATE, finalize_turns
 
-PAD_S = 1.0  # context kept around each stretch of speech (the VAD trims onsets)
-JOIN_GAP_S = 3.0  # stretches closer than this stay one island
+# Only long silences are cut out: the VAD misses quiet speech near what it finds, and every join
+# of two islands is a boundary the segmentation model never heard (both cost DER when shorter).
+PAD_S = 3.0  # context kept around each stretch of speech
+JOIN_GAP_S = 10.0  # stretches closer than this stay one island
 WHOLE_ABOVE = 0.85  # islands covering more than this share of the recording: diarize it whole
 
 Island = tuple[float, float]
