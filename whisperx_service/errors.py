@@ -66,6 +66,13 @@ class JobNotFound(InvalidRequest):
     code = "job_not_found"
 
 
+class JobNotFinished(InvalidRequest):
+    """The job's result is asked for before it is stored: poll GET /jobs/{task_id} first."""
+
+    status_code = 409
+    code = "job_not_finished"
+
+
 class MissingFile(InvalidRequest):
     code = "missing_file"
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidParameter, JobNotFound, ServiceError
+from .errors import InvalidParameter, JobNotFinished, JobNotFound, ServiceError
 from .schema import JobProgress, JobState
 
 
@@ -78,24 +78,32 @@ class JobBoard:
 
 # BentoML's result routes of our two task endpoints (see `task_result_error`).
 TASK_RESULT_PATHS = frozenset({"/jobs/transcribe/get", "/v1/audio/transcriptions/jobs/get"})
+TASK_RUNNING = frozenset({"pending", "in_progress"})  # BentoML's result store statuses before an answer
 
 
 async def task_result_error(board: JobBoard, task_id: str) -> ServiceError | None:
-    """What a result request must answer instead of BentoML's own 500s, or None to let it answer.
+    """What a result request must answer instead of BentoML's own errors, or None to let it answer.
 
     BentoML parses a task's form only when the task runs: a submit without the file field is
     accepted, then fails before our code sees it, and its result route answers 500. That is the
-    client's error: 422. An unknown id gets our 404 envelope.
+    client's error: 422. An unknown id gets our 404 envelope, a job still running our 409.
     """
-    if task_id in board.records:
-        return None
     stored = await asyncio.to_thread(stored_status, task_id)
-    if stored is None:
+    if stored is None and task_id not in board.records:
         return JobNotFound(f"no job with task id {task_id[:64]!r} (unknown, or expired)", param="task_id")
+    if stored is None or stored[1] in TASK_RUNNING:
+        return JobNotFinished(f"job {task_id[:64]!r} has not finished; poll GET /jobs/{{task_id}} until its "
+                              "state is completed or failed", param="task_id")
     if stored[1] == "failed":
         return InvalidParameter("the job's request could not be read (a missing file field, or a field of the "
                                 "wrong type); nothing was computed", param="task_id", code="job_input_invalid")
     return None
+
+
+def result_stored(task_id: str) -> bool:
+    """Whether BentoML has stored the task's answer (the in-memory record can end a moment before)."""
+    stored = stored_status(task_id)
+    return stored is not None and stored[1] not in TASK_RUNNING
 
 
 def stored_status(task_id: str) -> tuple[str, str, float] | None:

@@ -82,6 +82,8 @@ def test_long_recording_job_reports_progress_and_completes(
     assert time.monotonic() - started < 60, "submit must return at once, not after the work"
     task_id = submitted.json()["task_id"]
     with served.client() as http:
+        early = http.get(f"/jobs/transcribe/get?task_id={task_id}")  # five minutes of audio: not done yet
+        assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_finished", early.text
         seen = poll(http, task_id)
         assert seen[-1]["state"] == "completed", seen[-1]
         fractions = [s["fraction"] for s in seen]

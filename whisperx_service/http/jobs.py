@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..audio import decode_pcm
 from ..errors import JobNotFound, ServiceError, internal_error
-from ..jobs import JobBoard, JobRecord, stored_status
+from ..jobs import JobBoard, JobRecord, result_stored, stored_status
 from ..logs import bind_request_id
 from ..schema import JobProgress, JobState
 from ..writers import render_transcribe
@@ -118,7 +118,12 @@ async def job_progress(task_id: str, gateway: GatewayDep) -> JobProgress:
     """Progress of an async job: state, stage, and the fraction of the audio transcribed."""
     board: JobBoard = gateway.job_board
     try:
-        return board.get(task_id).progress
+        progress = board.get(task_id).progress
+        if progress.state in (JobState.completed, JobState.failed) and not await asyncio.to_thread(
+                result_stored, task_id):
+            # Done here, not yet in BentoML's store: its result route would answer "not completed".
+            return progress.model_copy(update={"state": JobState.running, "stage": "render"})
+        return progress
     except JobNotFound:
         stored = await asyncio.to_thread(stored_status, task_id)
         if stored is None:
