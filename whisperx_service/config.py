@@ -112,16 +112,6 @@ class Settings(BaseSettings):
     align_threads: int = Field(
         default_factory=_cpu_count, ge=1, description="torch threads of the alignment runner."
     )
-    align_batch: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Compute the wav2vec2 emissions of the segments of all in-flight requests in "
-        "padded batches (on), or whisperx's way, one segment at a time (off); auto: batched on CUDA, "
-        "per segment on a CPU, where batches measured slower (bench/align_batch.py).",
-    )
-    align_batch_size: int | None = Field(
-        None, ge=1,
-        description="Most segments per wav2vec2 batch when batching; unset: 16 on CUDA, 4 on a CPU.",
-    )
 
     # --- request limits ---
     max_upload_mb: int = Field(1024, ge=1, description="Largest accepted upload, in MiB.")
