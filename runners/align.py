@@ -1,5 +1,10 @@
 """Alignment runner: wav2vec2 forced alignment (whisperx.align), one model per language.
 
+`align` is a batchable BentoML API: the pipeline sends each decoded chunk as its own call, and
+BentoML's adaptive batching merges the chunks of all in-flight requests into one list (at most
+`WXS_ALIGN_BATCH_SIZE`). On a GPU their wav2vec2 emissions are computed in padded batches; on a
+CPU each chunk is aligned on its own (whisperx_service/alignment.py).
+
 Models come from the BentoML model store (role=alignment, one per language, imported with
 ``python -m models import-alignment``); each is declared at class scope so that ``bentoml build``
 packages it, and loaded on first use. Sentence splitting uses the NLTK punkt_tab data stored
@@ -18,11 +23,11 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service import model_store
-from whisperx_service.audio import pcm_to_float
+from whisperx_service.alignment import align_batched, align_each, batches_on
 from whisperx_service.config import get_settings, runner_service_config
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
-from whisperx_service.schema import AlignResult, AsrSegment, Segment, Word
+from whisperx_service.schema import AlignJob, AlignResult, Segment, Word
 
 # nltk, torch and whisperx are imported where they are used: every process of the graph imports
 # this module, and only the alignment runner should pay for them.
@@ -33,6 +38,9 @@ logger = logging.getLogger("whisperx_service.align")
 _declared = get_settings()
 
 _MODEL_ATTR = "alignment_model_"
+# Chunks per call from all in-flight requests (BentoML's adaptive batching), read at import like
+# every decorator argument.
+_ALIGN_BATCH = _declared.resolved_align_batch_size()
 
 
 def _declare_alignment_models(cls: type) -> type:
@@ -54,6 +62,8 @@ class Aligner:
         self.device = "cpu"
         self._loaded: dict[str, tuple[Any, dict[str, Any], str]] = {}
         self._lock = threading.Lock()
+        self.batch_size = settings.resolved_align_batch_size()
+        self.batched = False  # padded emission batches: set on CUDA below (tests set it on a CPU)
         if self.supported():
             # torch and nltk only when there is something to align: without an alignment model
             # (the embedded defaults) this process stays at ~100 MiB instead of ~700.
@@ -63,7 +73,10 @@ class Aligner:
             nltk.data.path.insert(0, self.nltk_data.path)
             torch.set_num_threads(settings.align_threads)
             self.device = settings.resolved_device()
-        logger.info("alignment ready for languages: %s", ", ".join(self.supported()) or "none")
+            self.batched = batches_on(self.device)
+        logger.info("alignment ready for languages: %s (%s)", ", ".join(self.supported()) or "none",
+                    f"emissions in padded batches of up to {self.batch_size}" if self.batched
+                    else "each chunk on its own")
 
     def supported(self) -> list[str]:
         prefix = _MODEL_ATTR
@@ -90,32 +103,45 @@ class Aligner:
         """Languages this runner can align."""
         return self.supported()
 
-    @bentoml.api
-    def align(
-        self,
-        audio: np.ndarray,
-        segments: list[AsrSegment],
-        language: str,
-        request_id: str | None = None,
-    ) -> AlignResult:
-        with bind_request_id(request_id):
-            if language not in self.supported():
-                raise bentoml.exceptions.InvalidArgument(f"no alignment model for {language!r}")
-            model, metadata, tag = self._model_for(language)
-            started = time.perf_counter()
-            transcript = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
-            import torch
-            import whisperx
+    # BentoML's batching takes at least 2 per batch; a batch size of 1 (a CPU's default) leaves
+    # `align` a plain API, each call aligned as it comes, one at a time.
+    @bentoml.api(batchable=_ALIGN_BATCH > 1, batch_dim=(0, 0), max_batch_size=max(2, _ALIGN_BATCH),
+                 max_latency_ms=int(_declared.stage_timeout_s * 1000))
+    def align(self, jobs: list[AlignJob]) -> list[AlignResult]:
+        """Align chunks (from any number of requests); results keep their order.
 
-            with torch.inference_mode():
-                aligned = whisperx.align(
-                    transcript, model, metadata, pcm_to_float(audio),
-                    self.device, return_char_alignments=False,
-                )
-            result = [_segment(s) for s in aligned["segments"]]
-            logger.info("aligned %d segments (%s) in %.2f s", len(result), language,
-                        time.perf_counter() - started)
-            return AlignResult(segments=result, model=tag)
+        BentoML 1.4 has no per-item errors: whatever this raises fails every call of the batch
+        (its dispatcher sets the one exception on each). So the pipeline sends only languages
+        from `languages`, and a failing padded batch is retried segment by segment first."""
+        unknown = [job.language for job in jobs if job.language not in self.supported()]
+        if unknown:
+            raise bentoml.exceptions.InvalidArgument(f"no alignment model for {unknown[0]!r}")
+        started = time.perf_counter()
+
+        def model_for(language: str) -> tuple[Any, dict[str, Any]]:
+            model, metadata, _ = self._model_for(language)
+            return model, metadata
+
+        try:
+            if self.batched:
+                aligned = align_batched(jobs, model_for, self.device, self.batch_size)
+            else:
+                aligned = align_each(jobs, model_for, self.device)
+        except Exception:
+            # Its batch-mates fail with it: name every request that does.
+            logger.error("alignment of %d chunks failed (requests %s)", len(jobs),
+                         ", ".join(sorted({job.request_id or "-" for job in jobs})))
+            raise
+        elapsed = time.perf_counter() - started
+        results = []
+        for job, segments in zip(jobs, aligned, strict=True):
+            results.append(AlignResult(segments=[_segment(s) for s in segments],
+                                       model=self._model_for(job.language)[2]))
+            with bind_request_id(job.request_id):
+                logger.info("aligned %d segments (%s) in %.2f s, in a batch of %d chunks (%s)",
+                            len(results[-1].segments), job.language, elapsed, len(jobs),
+                            "padded emissions" if self.batched else "each on its own")
+        return results
 
 
 def _maybe_float(value: Any) -> float | None:

@@ -26,6 +26,7 @@ from .chinese import convert_asr_segments
 from .errors import is_transient_transport_error, map_stage_error
 from .params import TranscribeParams
 from .schema import (
+    AlignJob,
     AlignmentInfo,
     AlignResult,
     AsrPlan,
@@ -60,8 +61,7 @@ class AsrRunner(Protocol):
 
 class AlignRunner(Protocol):
     async def languages(self) -> Any: ...
-    async def align(self, *, audio: np.ndarray, segments: list[AsrSegment], language: str,
-                    request_id: str | None = None) -> Any: ...
+    async def align(self, jobs: list[AlignJob]) -> Any: ...
 
 
 class DiarizeRunner(Protocol):
@@ -268,12 +268,15 @@ class Pipeline:
 
     async def _align_chunk(self, audio: np.ndarray, segment: AsrSegment, language: str,
                            request_id: str) -> tuple[list[Segment], str]:
-        """One decoded chunk, forced-aligned on its own samples (times shifted there and back)."""
+        """One decoded chunk, forced-aligned on its own samples (times shifted there and back).
+
+        The runner batches this call with other requests' chunks and has no per-item errors, so
+        only a language it aligns is sent (`align_early` checks): no request fails its batch-mates."""
         first, last = int(segment.start * SAMPLE_RATE), int(np.ceil(segment.end * SAMPLE_RATE))
         offset = first / SAMPLE_RATE
         local = segment.model_copy(update={"start": segment.start - offset, "end": segment.end - offset})
-        raw = await call_runner(lambda: self.aligner.align(
-            audio=audio[first:last], segments=[local], language=language, request_id=request_id))
+        job = AlignJob(audio=audio[first:last], segments=[local], language=language, request_id=request_id)
+        (raw,) = await call_runner(lambda: self.aligner.align([job]))
         result = AlignResult.model_validate(raw)
         return [_shifted(s, offset) for s in result.segments], result.model
 

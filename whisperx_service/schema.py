@@ -193,6 +193,16 @@ class DiarizationResult(BaseModel):
     num_speakers: int
 
 
+class AlignJob(BaseModel):
+    """One decoded chunk to force-align. Jobs of all in-flight requests are batched together."""
+
+    audio: Annotated[np.ndarray, TensorSchema(format="numpy-array", dtype="int16")] = Field(
+        description="16-kHz mono 16-bit PCM of the chunk alone (float32 is taken too).")
+    segments: list[AsrSegment] = Field(description="Its text, times in seconds from the chunk's start.")
+    language: str = Field(description="One the alignment runner holds a model for (its `languages`).")
+    request_id: str | None = None
+
+
 class AlignResult(BaseModel):
     segments: list[Segment]
     model: str

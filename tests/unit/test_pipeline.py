@@ -14,6 +14,7 @@ from whisperx_service.errors import StageFailed
 from whisperx_service.params import TranscribeParams
 from whisperx_service.pipeline import Pipeline, PipelineLimits
 from whisperx_service.schema import (
+    AlignJob,
     AlignResult,
     AsrPlan,
     ChunkJob,
@@ -86,17 +87,19 @@ class FakeAligner:
     async def languages(self) -> list[str]:
         return self._languages
 
-    async def align(self, *, audio: np.ndarray, segments: list[Any], language: str,
-                    request_id: str | None = None) -> AlignResult:
+    async def align(self, jobs: list[AlignJob]) -> list[AlignResult]:
         self.events("align")
-        self.calls.append((audio.shape[0], [(s.start, s.end) for s in segments]))
+        (job,) = jobs  # one chunk per call: the runner's adaptive batching merges them
+        assert job.audio.dtype == np.int16 and job.request_id in ("test", "t")
+        assert job.language in self._languages  # a batch-mate would fail with it
+        self.calls.append((job.audio.shape[0], [(s.start, s.end) for s in job.segments]))
         if self.gate is not None:
             self.gate.set()
         if self.fail is not None:
             raise self.fail
-        return AlignResult(model="fake-aligner:1", segments=[
+        return [AlignResult(model="fake-aligner:1", segments=[
             Segment(start=s.start, end=s.end, text=s.text,
-                    words=[Word(word=s.text, start=s.start, end=s.end, score=0.8)]) for s in segments])
+                    words=[Word(word=s.text, start=s.start, end=s.end, score=0.8)]) for s in job.segments])]
 
 
 class FakeDiarizer:
