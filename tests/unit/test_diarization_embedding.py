@@ -13,32 +13,60 @@ import torch
 from tests.data import AMI_DIR, PROJECT
 from whisperx_service import model_store
 from whisperx_service.audio import decode_audio
-from whisperx_service.diarization.campplus import CAMPPLUS_FILE, CAMPPLUS_ONNX_FILE, load_campplus
+from whisperx_service.diarization.campplus import (
+    CAMPPLUS_FILE,
+    CAMPPLUS_ONNX_FILE,
+    MAX_EMBED_SAMPLES,
+    MIN_EMBED_SAMPLES,
+    embedding_input,
+    load_campplus,
+)
 
 
-def test_rows_embedded_on_threads_equal_rows_embedded_one_by_one() -> None:
-    """`row_threads` only spreads the rows over threads: every embedding is the same, rows
-    without speech stay NaN, and each row keeps its place in the batch."""
+def _weights_file() -> Path:
     model_dir = Path(bentoml.models.get(f"{model_store.DIARIZATION_DEFAULT}:latest").path)
-    weights_file = next(model_dir.rglob(CAMPPLUS_FILE))
-    one, threaded = load_campplus(weights_file), load_campplus(weights_file, row_threads=2)
+    return next(model_dir.rglob(CAMPPLUS_FILE))
+
+
+def test_rows_embedded_in_batches_equal_rows_embedded_one_by_one() -> None:
+    """The batched path (a GPU's) groups rows of one length into one forward pass: each embedding
+    is the one its row gets alone, in its own place. Rows over 5 s are cut to their middle 5 s,
+    which gives every long row the same length."""
+    model = load_campplus(_weights_file())
+    audio = torch.from_numpy(asyncio.run(decode_audio(AMI_DIR / "dev00.wav", max_seconds=60)))
+    lengths = [8.0, 1.2, 6.5, 1.2, 0.3, 9.9, 2.0]  # three rows past 5 s, two of 1.2 s, one repeated
+    signals = [embedding_input(audio[i * 16000:i * 16000 + int(s * 16000)]) for i, s in enumerate(lengths)]
+    assert {signals[i].numel() for i in (0, 2, 5)} == {MAX_EMBED_SAMPLES}
+    assert signals[4].numel() >= MIN_EMBED_SAMPLES
+    with torch.inference_mode():
+        one_by_one = torch.stack([model.embed(signal) for signal in signals])
+        batched = torch.stack(model.embed_batched(signals))
+    assert torch.allclose(one_by_one, batched, atol=1e-4)
+    # Rows of one length from different audio stay different (a mix-up could not pass above).
+    assert torch.nn.functional.cosine_similarity(batched[0], batched[2], dim=0) < 0.999
+
+
+def test_onnx_rows_on_threads_equal_torch_batches() -> None:
+    """The CPU path (ONNX Runtime, rows on threads) and the batched torch path give the same
+    embeddings for the pipeline's (window, speaker) rows; rows without speech stay NaN."""
+    weights_file = _weights_file()
+    onnx_file = next(weights_file.parent.rglob(CAMPPLUS_ONNX_FILE))
+    batched, threaded = load_campplus(weights_file), load_campplus(weights_file, row_threads=2, onnx_path=onnx_file)
     audio = torch.from_numpy(asyncio.run(decode_audio(AMI_DIR / "dev00.wav", max_seconds=60)))
     windows = torch.stack([audio[start * 16000:(start + 10) * 16000] for start in (0, 5, 10, 15, 20)])[:, None]
     frames = 589  # segmentation-3.0 frames per 10-s window
     weights = torch.zeros(5, frames)
-    weights[0] = 1.0  # the whole window
+    weights[0] = 1.0  # the whole window (its middle 5 s)
     weights[1, :200] = 1.0  # its first third
     weights[3, 100:130] = 1.0  # half a second: repeated up to CAM++'s minimum
     weights[4, ::2] = 1.0  # every other frame
     # row 2: no speech -> NaN
     with torch.inference_mode():
-        expected, got = one(windows, weights), threaded(windows, weights)
+        expected, got = batched(windows, weights), threaded(windows, weights)
     assert torch.isnan(expected[2]).all() and torch.isnan(got[2]).all()
     rows = [0, 1, 3, 4]
-    assert torch.allclose(expected[rows], got[rows], atol=1e-5)
-    # Different rows are different embeddings (a mix-up of rows could not pass the check above).
-    similarity = torch.nn.functional.cosine_similarity(expected[0], expected[3], dim=0)
-    assert similarity < 0.999
+    assert torch.allclose(expected[rows], got[rows], atol=1e-4)
+    assert torch.nn.functional.cosine_similarity(expected[0], expected[3], dim=0) < 0.999
 
 
 def test_diarization_modules_import_nothing_heavy() -> None:
@@ -55,9 +83,8 @@ def test_diarization_modules_import_nothing_heavy() -> None:
 
 def test_onnx_runtime_embeddings_equal_torch_ones() -> None:
     """The ONNX graph `models prepare` exports is CAM++ itself: rows of every length embed alike."""
-    model_dir = Path(bentoml.models.get(f"{model_store.DIARIZATION_DEFAULT}:latest").path)
-    weights_file = next(model_dir.rglob(CAMPPLUS_FILE))
-    onnx_file = next(model_dir.rglob(CAMPPLUS_ONNX_FILE))
+    weights_file = _weights_file()
+    onnx_file = next(weights_file.parent.rglob(CAMPPLUS_ONNX_FILE))
     torch_model = load_campplus(weights_file)
     onnx_model = load_campplus(weights_file, onnx_path=onnx_file, row_threads=2)
     assert onnx_model.onnx_session is not None
@@ -67,3 +94,25 @@ def test_onnx_runtime_embeddings_equal_torch_ones() -> None:
         with torch.inference_mode():
             expected, got = torch_model.embed(signal), onnx_model.embed(signal)
         assert torch.allclose(expected, got, atol=1e-4), seconds
+
+
+def test_onnx_segmentation_equals_torch_segmentation() -> None:
+    """The embedded pipeline's segmentation graph (`models prepare` exports it) is segmentation-3.0
+    itself: the same speaker activity, frame by frame, on real meeting audio."""
+    from pyannote.audio import Model
+
+    from models.diarization_dir import SEGMENTATION_ONNX_FILE
+    from whisperx_service.diarization.pyannote_backend import _run_cpu_inputs_in_onnx
+
+    model_dir = Path(bentoml.models.get(f"{model_store.DIARIZATION_DEFAULT}:latest").path)
+    weights = model_dir / "segmentation" / "pytorch_model.bin"
+    torch_model = Model.from_pretrained(str(weights), strict=False).eval()
+    onnx_model = Model.from_pretrained(str(weights), strict=False).eval()
+    _run_cpu_inputs_in_onnx(onnx_model, model_dir / "segmentation" / SEGMENTATION_ONNX_FILE, threads=2)
+    audio = torch.from_numpy(asyncio.run(decode_audio(AMI_DIR / "dev00.wav", max_seconds=60)))
+    windows = torch.stack([audio[start * 16000:(start + 10) * 16000] for start in (0, 7, 14, 20)])[:, None]
+    with torch.inference_mode():
+        expected, got = torch_model(windows), onnx_model(windows)
+    assert got.shape == expected.shape == (4, 589, 7)
+    assert torch.allclose(expected, got, atol=1e-3)
+    assert (expected.argmax(-1) == got.argmax(-1)).float().mean() > 0.999

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,3 +69,14 @@ def finalize_turns(raw: Iterable[tuple[float, float, str]], *, join_gap: float =
     return out
 
 
+
+
+def cpu_onnx_session(path: Path, threads: int = 1) -> Any:
+    """An ONNX Runtime session on the CPU with `threads` intra-op threads (the exported graphs of
+    the embedded pipeline run faster there than in torch: 1.2x segmentation, 1.5x CAM++)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

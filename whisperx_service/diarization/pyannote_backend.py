@@ -11,7 +11,6 @@ directory, which is one of two kinds:
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,14 @@ import yaml
 from whisperx_service.schema import UNKNOWN_SPEAKERS, SpeakerCounts, SpeakerTurn
 
 from .campplus import load_campplus
-from .common import SAMPLE_RATE, finalize_turns, is_silent, offline_environment, prepare_audio
+from .common import (
+    SAMPLE_RATE,
+    cpu_onnx_session,
+    finalize_turns,
+    is_silent,
+    offline_environment,
+    prepare_audio,
+)
 from .embedded import (
     DEFAULT_CONSTRAINED_ASSIGNMENT,
     DEFAULT_PIPELINE_INIT,
@@ -31,6 +37,7 @@ from .embedded import (
     EMBEDDED_KIND,
     PIPELINE_YAML,
 )
+from .merging import CallMerger, concat_rows
 
 
 def _no_plda() -> Any:
@@ -44,13 +51,33 @@ def _no_plda() -> Any:
     return _NoPLDA()
 
 
-def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any], embedding_threads: int = 1) -> Any:
+def _run_cpu_inputs_in_onnx(model: Any, path: Path, threads: int) -> None:
+    """`model`'s forward on CPU tensors runs the same network exported to ONNX (`path`)."""
+    import torch
+
+    session = cpu_onnx_session(path, threads)
+    torch_forward = model.forward
+
+    def forward(waveforms: torch.Tensor) -> torch.Tensor:
+        if waveforms.is_cuda:
+            return torch_forward(waveforms)
+        (scores,) = session.run(None, {"chunks": waveforms.float().numpy()})
+        return torch.from_numpy(scores)
+
+    model.forward = forward
+
+
+def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any], embedding_threads: int = 1,
+                            threads: int = 1) -> Any:
     from pyannote.audio import Model
     from pyannote.audio.pipelines import SpeakerDiarization
 
     segmentation = Model.from_pretrained(str(model_dir / config["segmentation"]), strict=False)
     if segmentation is None:  # pragma: no cover - local files never come back as None
         raise RuntimeError(f"cannot load the segmentation model of {model_dir}")
+    segmentation_onnx = config.get("segmentation_onnx")
+    if segmentation_onnx and (model_dir / segmentation_onnx).is_file():
+        _run_cpu_inputs_in_onnx(segmentation, model_dir / segmentation_onnx, threads)
     onnx = config.get("embedding_onnx")
     embedding = load_campplus(model_dir / config["embedding"], row_threads=embedding_threads,
                               onnx_path=model_dir / onnx if onnx else None)
@@ -109,23 +136,72 @@ def _load_production_pipeline(model_dir: Path) -> Any:
     return pipeline
 
 
-def load_pyannote_pipeline(model_dir: Path, *, embedding_threads: int = 1) -> Any:
+def load_pyannote_pipeline(model_dir: Path, *, embedding_threads: int = 1, threads: int = 1) -> Any:
     """A pyannote.audio ``SpeakerDiarization`` pipeline from a local directory of either kind.
 
-    `embedding_threads`: CAM++ rows embedded at once (embedded pipeline only)."""
+    `embedding_threads`: CAM++ rows embedded at once; `threads`: the segmentation model's ONNX
+    Runtime threads (embedded pipeline only)."""
     offline_environment()
     embedded = model_dir / PIPELINE_YAML
     if embedded.is_file():
         config = yaml.safe_load(embedded.read_text(encoding="utf-8"))
         if config.get("kind") != EMBEDDED_KIND:
             raise ValueError(f"{embedded}: unknown pipeline kind {config.get('kind')!r}")
-        return _load_embedded_pipeline(model_dir, config, embedding_threads)
+        return _load_embedded_pipeline(model_dir, config, embedding_threads, threads)
     if (model_dir / "config.yaml").is_file():
         return _load_production_pipeline(model_dir)
     raise FileNotFoundError(f"{model_dir} holds neither {PIPELINE_YAML} nor config.yaml")
 
 
+# Rows per model call on each device: (segmentation windows, embedding rows), per request and
+# merged across concurrent requests. A CPU gains nothing from bigger batches; a GPU idles below these.
+_BATCH_ROWS = {"cpu": (16, 24), "cuda": (256, 512)}
+_MERGED_BATCH_ROWS = {"cpu": (32, 48), "cuda": (512, 1024)}
+
+
+class _MergedEmbedding:
+    """pyannote's speaker-embedding callable, its calls merged across concurrent diarizations."""
+
+    def __init__(self, embedding: Any, merger: CallMerger) -> None:
+        self._embedding = embedding
+        self._merger = merger
+
+    def __call__(self, waveforms: Any, masks: Any = None) -> np.ndarray:
+        if masks is None:
+            return np.asarray(self._embedding(waveforms))
+        return np.asarray(self._merger(waveforms, masks))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedding, name)
+
+
+class _Stages:
+    """One diarization's way through the merged model calls: segmentation, then embeddings.
+
+    pyannote calls its hook after each step; between steps the thread leaves the merger it is
+    done with, so no other request waits for it there."""
+
+    def __init__(self, segment: CallMerger, embed: CallMerger) -> None:
+        self._segment, self._embed = segment, embed
+        segment.join()
+
+    def hook(self, step: str, artefact: Any, **progress: Any) -> None:
+        if "total" in progress:  # progress within a step
+            return
+        if step == "segmentation":
+            self._segment.leave()
+            self._embed.join()
+        elif step == "embeddings":
+            self._embed.leave()
+
+    def end(self) -> None:
+        self._segment.leave()
+        self._embed.leave()
+
+
 class PyannoteBackend:
+    """Any number of diarizations at once, one per calling thread, their model calls merged."""
+
     name = "pyannote"
 
     def __init__(
@@ -135,11 +211,25 @@ class PyannoteBackend:
 
         self._threads = max(1, threads)
         torch.set_num_threads(self._threads)
-        self._lock = threading.Lock()
-        self.pipeline = load_pyannote_pipeline(model_dir, embedding_threads=embedding_threads)
+        # pyannote's warnings (speaker counts out of bounds, degrees of freedom) say nothing a
+        # user can act on; filtered once, as `catch_warnings` is not safe across threads.
+        warnings.filterwarnings("ignore", module=r"pyannote\.")
+        self.pipeline = load_pyannote_pipeline(model_dir, embedding_threads=embedding_threads,
+                                               threads=self._threads)
         self.pipeline.to(torch.device(device))
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        windows, rows = _BATCH_ROWS[kind]
+        self.pipeline.segmentation_batch_size = windows
+        self.pipeline.embedding_batch_size = rows
+        merged_windows, merged_rows = _MERGED_BATCH_ROWS[kind]
+        inference = self.pipeline._segmentation
+        self.segment = CallMerger(inference.infer, merged_windows, concat_rows)
+        inference.infer = self.segment
+        self.embed = CallMerger(self.pipeline._embedding, merged_rows, concat_rows)
+        self.pipeline._embedding = _MergedEmbedding(self.pipeline._embedding, self.embed)
 
     def diarize(self, audio: np.ndarray, speakers: SpeakerCounts = UNKNOWN_SPEAKERS) -> list[SpeakerTurn]:
+        """Safe to call from several threads at once: each call is one request's diarization."""
         import torch
 
         num_speakers, min_speakers, max_speakers = speakers.bounds()
@@ -151,15 +241,18 @@ class PyannoteBackend:
             "sample_rate": SAMPLE_RATE,
             "uri": "audio",
         }
-        with self._lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.set_num_threads(self._threads)
-            output = self.pipeline(
-                file,
-                num_speakers=num_speakers,
-                min_speakers=min_speakers,
-                max_speakers=max_speakers,
-            )
+        stages = _Stages(self.segment, self.embed)
+        try:
+            with torch.inference_mode():
+                output = self.pipeline(
+                    file,
+                    num_speakers=num_speakers,
+                    min_speakers=min_speakers,
+                    max_speakers=max_speakers,
+                    hook=stages.hook,
+                )
+        finally:
+            stages.end()
         annotation = getattr(output, "speaker_diarization", output)
         return finalize_turns(
             (segment.start, segment.end, str(label))
