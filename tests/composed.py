@@ -28,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from tests.data import SHARED_DATA
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 RECIPE_VERSION = "meeting-v1"
 STEM = "composed_meeting"
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = SHARED_DATA
 
 Turn = tuple[float, float, str]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import jiwer
 
 PROJECT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT.parent / "shared" / "data"
+# The shared recordings beside the project; WXS_SHARED_DATA: a copy elsewhere (bench/gpu.sh carries one).
+SHARED_DATA = Path(os.environ.get("WXS_SHARED_DATA", PROJECT.parent / "shared" / "data"))
 JFK_FLAC = SHARED_DATA / "en_jfk" / "jfk.flac"
 JFK_REFERENCE = SHARED_DATA / "en_jfk" / "reference.txt"
 AISHELL_DIR = SHARED_DATA / "zh_aishell1_test_S0764"

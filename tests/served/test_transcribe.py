@@ -195,3 +195,32 @@ def test_interleaved_concurrent_requests_keep_their_own_chunks(served: Served) -
             text = "".join(s["text"] for s in result["segments"])
             assert character_error_rate(reference, text) <= AISHELL_CER_BOUND, text
         check_word_invariants(result)
+
+
+def test_eight_concurrent_diarized_requests_each_get_their_own_result(served: Served) -> None:
+    """Eight requests of four different recordings at once share ASR batches and the diarization
+    runner's merged segmentation and embedding batches: each gets the transcript and the speakers
+    it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    utt = next(iter(aishell_references()))
+    recordings = [JFK_FLAC, PYANNOTE_SAMPLE, AMI_DIR / "dev00.wav", AISHELL_DIR / f"{utt}.wav"]
+    alone = {path: transcribe(served, path) for path in recordings}
+    order = recordings * 2
+    with ThreadPoolExecutor(len(order)) as pool:
+        together = list(pool.map(lambda p: transcribe(served, p), order))
+    for path, result in zip(order, together, strict=True):
+        expected = alone[path]
+        assert result["language"] == expected["language"]
+        joiner = "" if expected["language"] == "zh" else " "
+        text, expected_text = (joiner.join(s["text"] for s in r["segments"]) for r in (result, expected))
+        error = character_error_rate if expected["language"] == "zh" else word_error_rate
+        assert error(expected_text, text) <= 0.05, (path.name, text)
+        turns = [(t["start"], t["end"], t["speaker"]) for t in result["diarization"]["speaker_turns"]]
+        expected_turns = [(t["start"], t["end"], t["speaker"]) for t in expected["diarization"]["speaker_turns"]]
+        assert result["diarization"]["num_speakers"] == expected["diarization"]["num_speakers"], path.name
+        assert diarization_error_rate(expected_turns, turns) <= 0.02, path.name
+        check_word_invariants(result)
+    # Different recordings did not come back as each other's.
+    assert alone[JFK_FLAC]["diarization"]["num_speakers"] == 1
+    assert alone[PYANNOTE_SAMPLE]["diarization"]["num_speakers"] == 2
