@@ -73,14 +73,16 @@ class TreeMemory(threading.Thread):
                     self.peak_by_process_mib[role] = max(self.peak_by_process_mib.get(role, 0.0), mib)
 
 
-def serve_graph(env: dict[str, str], timeout_s: float = 600) -> tuple[subprocess.Popen[bytes], str, float, TreeMemory]:
-    """Start `bentoml serve service:Gateway`; return (process, url, seconds to ready, memory probe)."""
+def serve_graph(env: dict[str, str], timeout_s: float = 600,
+                cwd: Path = PROJECT) -> tuple[subprocess.Popen[bytes], str, float, TreeMemory]:
+    """Start `bentoml serve service:Gateway` (of the project in `cwd`); return (process, url,
+    seconds to ready, memory probe)."""
     port = free_port()
     bentoml = Path(sys.executable).parent / "bentoml"
     started = time.monotonic()
     proc = subprocess.Popen(
         [str(bentoml), "serve", "service:Gateway", "--port", str(port), "--host", "127.0.0.1"],
-        cwd=PROJECT, env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
+        cwd=cwd, env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     memory = TreeMemory(proc.pid)
