@@ -157,8 +157,8 @@ def _report(times: dict[str, list[float]], emission_times: dict[str, list[float]
                       "max_word_shift_s": round(shift, 4)}
         log.info("%-12s %8.2f (%.2f-%.2f) %10.2f (%.2f-%.2f)   max shift %.1f ms", name, rows[name]["whole_s"],
                  min(whole), max(whole), rows[name]["emissions_s"], min(emit), max(emit), shift * 1000)
-    log.info(json.dumps({"segments": args.segments, "device": args.device, "layer_norm": args.layer_norm,
-                         "repeat": args.repeat, "rows": rows}))
+    sys.stdout.write(json.dumps({"segments": args.segments, "device": args.device, "layer_norm": args.layer_norm,
+                                 "repeat": args.repeat, "rows": rows}) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The request pipeline: decoded audio in, WhisperX's result out, over three runner handles.
 
-Order of stages: ASR (plan, then one `decode` call per speech chunk) and, beside it, diarization;
-alignment starts as soon as ASR ends, while diarization may still run; then speakers are given to
+Order of stages: ASR (plan, then one `decode` call per speech chunk) and, beside it, diarization
+of the plan's speech; each chunk is aligned as soon as it is decoded; then speakers are given to
 words here, in process. The pipeline owns the rules that decide what each stage is asked: the
 language (given, English-only model, or detected on the first speech chunk) and the word timing
 (wav2vec2 when an aligner holds the language, Whisper's own timings otherwise). It knows nothing
