@@ -47,7 +47,9 @@ class ASR:
                         len(chunks), time.perf_counter() - started)
             return AsrPlan(chunks=chunks, multilingual=not self.whisper.english_only, model=self.whisper.model_tag)
 
-    @bentoml.api(batchable=True, batch_dim=(0, 0), max_batch_size=_declared.resolved_asr_batch_size(),
+    # BentoML's batching takes at least 2 per batch: WXS_ASR_BATCH_SIZE=1 leaves a plain API.
+    @bentoml.api(batchable=_declared.resolved_asr_batch_size() > 1, batch_dim=(0, 0),
+                 max_batch_size=max(2, _declared.resolved_asr_batch_size()),
                  max_latency_ms=int(_declared.stage_timeout_s * 1000))
     def decode(self, jobs: list[ChunkJob]) -> list[ChunkText]:
         """Decode chunks (from any number of requests) in Whisper batches; results keep their order."""

@@ -129,3 +129,20 @@ def test_held_decode_length(monkeypatch: pytest.MonkeyPatch) -> None:
     # Words, not punctuation: CPUs round int8 kernels differently ("And so my" / "And so, my").
     held_words = normalize_words(text.text).split()
     assert held_words[:-1] == normalize_words(JFK_REFERENCE.read_text()).split()[:len(held_words) - 1]
+
+
+@pytest.mark.parametrize("size", ["1", "2"])
+def test_any_asr_batch_size_declares_a_servable_decode(size: str) -> None:
+    """BentoML refuses a batchable API with max_batch_size < 2: a batch size of 1 is a plain API."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.data import PROJECT
+
+    code = ("import runners.asr as a;"
+            "print(a.ASR.apis['decode'].batchable)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WXS_ASR_BATCH_SIZE": size})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(size != "1")
