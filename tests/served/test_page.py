@@ -9,6 +9,7 @@ Screenshots (desktop 1280x800, phone 390x844) go to ``$WXS_SCREENSHOT_DIR``, or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,12 +24,12 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
 from tests.data import JFK_FLAC, PYANNOTE_SAMPLE
-from tests.served.conftest import Served
+from tests.served.conftest import Served, start_server
 
 pytestmark = pytest.mark.served
 logger = logging.getLogger(__name__)
@@ -65,6 +66,12 @@ def screenshots(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def browser(served: Served, downloads: Path) -> Iterator[WebDriver]:
+    with _chromium(served.url, downloads) as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def _chromium(url: str, downloads: Path) -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = _binary("chromium", "chromium-browser")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -77,7 +84,7 @@ def browser(served: Served, downloads: Path) -> Iterator[WebDriver]:
     driver = webdriver.Chrome(options=options, service=Service(_binary("chromedriver")))
     try:
         driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-        driver.get(served.url + "/")
+        driver.get(url + "/")
         yield driver
     finally:
         driver.quit()
@@ -181,7 +188,8 @@ def test_two_speakers_named_in_the_srt_download(browser: WebDriver, served: Serv
     assert len(browser.find_elements(By.CSS_SELECTOR, ".word[data-start]")) > 20
 
     first = browser.find_element(By.CSS_SELECTOR, "#speakers input")
-    label = first.get_attribute("data-speaker")
+    label = first.get_attribute("data-speaker") or ""
+    assert label
     first.clear()
     first.send_keys("Ada Lovelace")
     assert all(el.text == "Ada Lovelace" for el in browser.find_elements(
@@ -235,3 +243,32 @@ def test_swagger_page_renders_from_local_files(browser: WebDriver, served: Serve
     paths = {e.get_attribute("data-path") for e in browser.find_elements(By.CSS_SELECTOR, "[data-path]")}
     assert "/jobs/transcribe/submit" in paths, paths
     _assert_own_origin(_requested_urls(browser), served)
+
+
+def test_cancel_stops_following_the_job(browser: WebDriver) -> None:
+    browser.find_element(By.ID, "file").send_keys(str(PYANNOTE_SAMPLE))
+    browser.find_element(By.ID, "submit").click()
+    cancel = browser.find_element(By.ID, "cancel")
+    _until("the cancel button", cancel.is_displayed)
+    cancel.click()
+    message = browser.find_element(By.ID, "error").text
+    assert message.startswith(("Upload cancelled.", "Stopped following the job")), message
+    assert browser.find_element(By.ID, "submit").is_enabled()
+    assert not browser.find_element(By.ID, "progress").is_displayed()
+
+
+def test_with_api_keys_the_page_asks_for_the_key_and_keeps_it_in_the_tab(tmp_path: Path, downloads: Path) -> None:
+    key = "page-test-key"
+    with start_server(tmp_path / "keyed", WXS_API_KEYS=key) as keyed, _chromium(keyed.url, downloads) as driver:
+        field = driver.find_element(By.ID, "api-key")
+        assert field.is_displayed()
+        shown = _transcribe(driver, JFK_FLAC)  # no key yet: the API answers 401
+        assert shown.get_attribute("id") == "error"
+        assert shown.text.startswith("An API key is required"), shown.text
+        field.send_keys(key)
+        result = _transcribe(driver, JFK_FLAC)
+        assert result.get_attribute("id") == "result", driver.find_element(By.ID, "error").text
+        assert "ask not what your country" in driver.find_element(By.ID, "transcript").text.lower()
+        assert driver.execute_script("return sessionStorage.getItem('wxs-api-key')") == key
+        assert driver.execute_script("return localStorage.length") == 0
+        _assert_own_origin(_requested_urls(driver), keyed)
