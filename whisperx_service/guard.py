@@ -8,7 +8,8 @@ In order, for each HTTP request:
 1. ``/healthz``, ``/livez``, ``/metrics`` pass untouched; ``/readyz`` answers 503 while draining
    and is cut off after a few seconds (BentoML's probe of the runners can otherwise hang).
 2. API key (when keys are configured): ``Authorization: Bearer <key>``, compared in constant
-   time against every key; 401 otherwise. Keys and headers are never logged.
+   time against every key; 401 otherwise. Keys and headers are never logged. The web page, its
+   assets and the Swagger page (GET) need no key.
 3. Upload size: 413 on a Content-Length over the limit; a chunked body is counted as it streams
    and answered 413 as soon as it crosses the limit.
 4. POST bodies must be forms, ``multipart/form-data`` to carry a file (415 otherwise).
@@ -39,6 +40,7 @@ from .errors import (
     from_http_exception,
     internal_error,
 )
+from .http.page import is_page_path
 from .jobs import TASK_RESULT_PATHS, task_result_error
 from .logs import bind_request_id, new_request_id
 
@@ -49,6 +51,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+# Read without a key: the web page and Swagger UI hold no secret (their API calls send the key).
+OPEN_GET_PREFIXES = ("/static_content/",)
+OPEN_GET_PATHS = frozenset({"/docs.json"})
 READYZ_TIMEOUT_S = 8.0
 # Form bodies: a urlencoded form carries no file, but gets the clearer "missing file" 400 downstream.
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -108,7 +113,8 @@ class GatewayGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         gateway = self.gateway()
         try:
-            self._authorize(headers)
+            if not (scope["method"] in ("GET", "HEAD") and _is_open_get(path)):
+                self._authorize(headers)
             self._check_declared_body(scope["method"], headers)
         except ServiceError as error:
             self._rejected(gateway, error)
@@ -240,6 +246,10 @@ class GatewayGuard:
     def _rejected(gateway: Any, error: ServiceError) -> None:
         if gateway is not None:
             gateway.metrics.rejected.labels(reason=error.code).inc()
+
+
+def _is_open_get(path: str) -> bool:
+    return is_page_path(path) or path in OPEN_GET_PATHS or path.startswith(OPEN_GET_PREFIXES)
 
 
 def _ensure_request_id(scope: Scope) -> str:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ServiceError, from_http_exception, from_validation_error, internal_error
-from . import jobs, language, openai, transcribe
+from . import jobs, language, openai, page, transcribe
 from .envelope import REQUEST_ID_HEADER, request_id_of
 
 logger = logging.getLogger("whisperx_service.gateway")
@@ -31,8 +31,10 @@ def build_app() -> FastAPI:
     app = FastAPI(
         title="Offline WhisperX",
         description="Transcripts with word-level timestamps and speaker labels, served offline.",
+        # FastAPI's own docs pages load their scripts from a CDN: `page` serves /docs from local files.
+        docs_url=None, redoc_url=None,
     )
-    for family in (transcribe, openai, language, jobs):
+    for family in (transcribe, openai, language, jobs, page):
         app.include_router(family.router)
 
     @app.exception_handler(ServiceError)

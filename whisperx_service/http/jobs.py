@@ -18,10 +18,12 @@ from typing import Any
 import bentoml
 from bentoml import IODescriptor
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
-from ..audio import decode_pcm
+from ..audio import check_upload_type, decode_pcm
 from ..errors import JobNotFound, ServiceError, internal_error
 from ..jobs import JobBoard, JobRecord, result_stored, stored_status
 from ..logs import bind_request_id
@@ -35,13 +37,45 @@ from .transcribe import TranscribeForm
 logger = logging.getLogger("whisperx_service.jobs")
 
 
-class TranscribeJobInput(TranscribeForm, IODescriptor):
+class JobFormFields(BaseModel):
+    """What BentoML's reading of a job's form loses, put back before the fields are validated.
+
+    - BentoML parses every text field as JSON first: ``diarize=true`` arrives as True and
+      ``min_speakers=2`` as 2, which the string fields refused (the job failed unread). Scalars
+      go back to the strings the client sent, for the same parsers as the sync routes.
+    - BentoML spools the file part to a path and drops its headers: the content type it declared
+      is kept in `declared_type` for the job's 415 check, the one the sync routes make.
+    """
+
+    declared_type: SkipJsonSchema[str | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_sent(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {key: _as_text(value) for key, value in data.items()}
+        part = data.get("audio_file", data.get("file"))
+        if isinstance(part, UploadFile):
+            data["declared_type"] = part.content_type
+        return data
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+class TranscribeJobInput(TranscribeForm, JobFormFields, IODescriptor):
     """/transcribe's form as a job: the same fields, and the recording BentoML spools."""
 
     audio_file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
 
 
-class TranscriptionJobInput(TranscriptionForm, IODescriptor):
+class TranscriptionJobInput(TranscriptionForm, JobFormFields, IODescriptor):
     """/v1/audio/transcriptions' form as a job; granularities comma-separated."""
 
     file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
@@ -90,6 +124,7 @@ class JobTasks:
         form = TranscribeJobInput.model_validate(fields)
 
         async def work(request_id: str, record: JobRecord) -> Response:
+            check_upload_type(form.declared_type, self.settings.accepted_upload_types)
             params, fmt, options = form.parse(self, {})
             done = await transcribe(self, request_id, self._decode(form.audio_file), params, record)
             return answer(render_transcribe(done.response, fmt, options), request_id)
@@ -102,6 +137,7 @@ class JobTasks:
         form = TranscriptionJobInput.model_validate(fields)
 
         async def work(request_id: str, record: JobRecord) -> Response:
+            check_upload_type(form.declared_type, self.settings.accepted_upload_types)
             params, options = form.parse(self, "transcribe")
             return await openai_transcription(self, request_id, "transcribe", self._decode(form.file),
                                               params, options, record)
