@@ -91,17 +91,18 @@ def _campplus_model_class() -> type[Any]:
             batch, _, num_samples = waveforms.shape
             out = torch.full((batch, self.dimension), float("nan"), device=waveforms.device)
             rows: dict[int, torch.Tensor] = {}
+            frame_of_sample: torch.Tensor | None = None  # each sample's weight frame: the same for every row
+            if weights is not None:
+                frames = weights.shape[1]
+                frame_of_sample = torch.clamp(
+                    torch.arange(num_samples, device=weights.device) * frames // num_samples, max=frames - 1)
             for b in range(batch):
                 signal = waveforms[b, 0]
                 if weights is not None:
                     mask = weights[b].float()
                     if float(mask.max()) <= 0.5:
                         continue
-                    index = torch.clamp(
-                        torch.arange(num_samples, device=mask.device) * mask.shape[0] // num_samples,
-                        max=mask.shape[0] - 1,
-                    )
-                    signal = signal[mask[index] > 0.5]
+                    signal = signal[mask[frame_of_sample] > 0.5]
                 rows[b] = embedding_input(signal)
             for b, embedding in zip(rows, self._embed_all(list(rows.values())), strict=True):
                 out[b] = embedding

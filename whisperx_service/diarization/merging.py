@@ -8,8 +8,9 @@ model, then hands each thread its own rows back. No timer: a merged call runs as
 thread that takes part is waiting (so a lone request never waits), or when enough rows are
 queued for a full batch.
 
-A thread takes part only while it is in the stage that calls the model (`taking_part`): a thread
-that has moved on to clustering must not hold back the others' segmentation.
+A thread takes part only while it is in the stage that calls the model (`join` on entering it,
+`leave` when done): a thread that has moved on to clustering must not hold back the others'
+segmentation.
 """
 
 from __future__ import annotations
