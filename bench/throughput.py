@@ -8,6 +8,8 @@ Both arms use the same models from one fresh model store: faster-whisper ``base`
 a wav2vec2 aligner of wav2vec2-base's shape for English, and the default pyannote diarization
 pipeline. The aligner's weights are random (no wav2vec2 weights ship in any installable
 package): its timing is that of a real base-size model, its word times are meaningless here.
+The seed arm runs the diarization models in torch, as pyannote does; the ONNX Runtime graphs
+that `models prepare` exports beside them are ours.
 
 (a) seed: plain whisperx in this process - load_audio -> transcribe -> align -> diarize ->
     assign_word_speakers - one request at a time, as the old api.py served them. Each
@@ -140,12 +142,27 @@ class Arms:
         return env
 
 
+def torch_only(model_dir: Path, dest: Path) -> Path:
+    """The embedded pipeline as pyannote runs it, every model in torch: `model_dir`'s files linked
+    into `dest` and its pipeline.yaml without the ONNX graphs (ours; the seed had none)."""
+    import yaml
+
+    for item in model_dir.iterdir():
+        if item.name != "pipeline.yaml":
+            (dest / item.name).symlink_to(item)
+    config = yaml.safe_load((model_dir / "pipeline.yaml").read_text(encoding="utf-8"))
+    for key in ("segmentation_onnx", "embedding_onnx"):
+        config.pop(key, None)
+    (dest / "pipeline.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return dest
+
+
 class SeedPipeline:
     """The seed api.py's work for one request, with whisperx's own functions."""
 
     def __init__(self, arms: Arms) -> None:
         import bentoml
-        import torch
+        import torch  # before whisperx_service: the seed's OpenMP keeps its default wait policy
         import whisperx
 
         from models import catalog
@@ -170,7 +187,9 @@ class SeedPipeline:
         if arms.held_tokens is not None:  # CTranslate2 decodes max_length // 2 tokens (runners/asr.py)
             self.model.model.max_length = 2 * arms.held_tokens
         self.align_model, self.align_meta = whisperx.load_align_model("en", arms.device, model_name=aligner.path)
-        self.diarizer = load_backend("pyannote", model_dir=Path(diarizer.path), device=arms.device, threads=threads)
+        self._torch_only = tempfile.TemporaryDirectory(prefix="seed-diarizer-")
+        self.diarizer = load_backend("pyannote", model_dir=torch_only(Path(diarizer.path), Path(self._torch_only.name)),
+                                     device=arms.device, threads=threads)
 
     def __call__(self, path: Path) -> float:
         import pandas as pd
