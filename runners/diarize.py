@@ -82,3 +82,10 @@ class Diarizer:
             logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
                         audio.shape[0] / 16000, len(turns), found, time.perf_counter() - started)
             return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=found)
+
+    @bentoml.api
+    def voice_print(self, audio: np.ndarray, request_id: str | None = None) -> list[float]:
+        """The speaker embedding of a recording of one voice (empty: the backend has no such model)."""
+        with bind_request_id(request_id):
+            embed = getattr(self.backend, "voice_print", None)
+            return [] if embed is None else [float(x) for x in embed(audio)]

@@ -7,8 +7,11 @@ that names the parameter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from .chinese import ZhScript
 from .errors import InvalidParameter
@@ -20,6 +23,14 @@ _TASKS = frozenset({"transcribe", "translate"})
 
 
 @dataclass(frozen=True)
+class SpeakerReference:
+    """A known speaker's name and voice sample, as sent (any audio container; decoded later)."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class TranscribeParams:
     language: str | None = None
     speakers: SpeakerCounts = UNKNOWN_SPEAKERS
@@ -27,6 +38,7 @@ class TranscribeParams:
     zh_script: ZhScript = ZhScript.simplified
     task: str = "transcribe"
     prompt: str | None = None  # Whisper's initial prompt (OpenAI's `prompt`)
+    speaker_references: tuple[SpeakerReference, ...] = ()  # names for diarized speakers
 
 
 def _pick(name: str, form: Mapping[str, str | None], query: Mapping[str, str]) -> str | None:
@@ -220,3 +232,62 @@ def parse_openai_params(
         granularities=frozenset(wanted or {"segment"}), temperature=temperature,
         transcribe=TranscribeParams(**{**base.__dict__, "prompt": prompt}),
     )
+
+
+# --- known speakers (OpenAI's known_speaker_names[] / known_speaker_references[]) -------------
+
+MAX_KNOWN_SPEAKERS = 4
+MAX_NAME_CHARS = 64
+MAX_REFERENCE_BYTES = 4 << 20  # 10 s of audio in any sane container
+_DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[^;,]*)*;base64,(?P<data>.*)", re.S)
+
+
+def parse_speaker_references(names: Sequence[str] | None, references: Sequence[str] | None,
+                             ) -> tuple[SpeakerReference, ...]:
+    """Names paired with their voice samples (data URLs of audio, 2-10 s); 400 naming the field
+    for anything else."""
+    from .errors import UnsupportedValue
+
+    names = [n.strip() for n in names or [] if n.strip()]
+    references = [r.strip() for r in references or [] if r.strip()]
+    if not names and not references:
+        return ()
+    if len(names) > MAX_KNOWN_SPEAKERS:
+        raise UnsupportedValue(f"at most {MAX_KNOWN_SPEAKERS} known speakers, got {len(names)} names",
+                               param="known_speaker_names")
+    if len(names) != len(references):
+        raise UnsupportedValue(
+            f"each known speaker needs one voice sample: got {len(names)} names and "
+            f"{len(references)} samples", param="known_speaker_references")
+    if len(set(names)) != len(names) or any(len(n) > MAX_NAME_CHARS for n in names):
+        raise UnsupportedValue(f"known speaker names must be distinct, of at most {MAX_NAME_CHARS} "
+                               "characters", param="known_speaker_names")
+    out = []
+    for name, reference in zip(names, references, strict=True):
+        match = _DATA_URL.fullmatch(reference)
+        kind = (match.group("type") or "") if match else ""
+        if match is None or not kind.startswith(("audio/", "video/", "application/octet-stream")):
+            raise UnsupportedValue(
+                f"the voice sample of {name[:40]!r} must be a data URL of audio "
+                "(data:audio/wav;base64,...)", param="known_speaker_references")
+        if len(match.group("data")) > MAX_REFERENCE_BYTES * 4 // 3 + 4:
+            raise UnsupportedValue(f"the voice sample of {name[:40]!r} is over "
+                                   f"{MAX_REFERENCE_BYTES >> 20} MiB", param="known_speaker_references")
+        try:
+            data = base64.b64decode(match.group("data"), validate=True)
+        except (binascii.Error, ValueError):
+            raise UnsupportedValue(f"the voice sample of {name[:40]!r} is not valid base64",
+                                   param="known_speaker_references") from None
+        out.append(SpeakerReference(name=name, data=data))
+    return tuple(out)
+
+
+def with_speaker_references(params: TranscribeParams, references: tuple[SpeakerReference, ...],
+                            *, diarize_given: bool) -> TranscribeParams:
+    """`params` naming speakers from `references`: that diarizes, unless `diarize=false` was sent."""
+    if not references:
+        return params
+    if diarize_given and not params.diarize:
+        raise InvalidParameter("known speakers are named by diarization: drop diarize=false",
+                               param="diarize")
+    return replace(params, diarize=True, speaker_references=references)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -24,6 +24,7 @@ from .assemble import sentences_from_whisper_words, word_segments
 from .audio import SAMPLE_RATE
 from .chinese import convert_asr_segments
 from .errors import is_transient_transport_error, map_stage_error
+from .naming import KnownSpeaker, cut, match_names, renamed, solo_speech
 from .params import TranscribeParams
 from .schema import (
     AlignJob,
@@ -39,6 +40,8 @@ from .schema import (
     LanguageDetection,
     Segment,
     SpeakerCounts,
+    SpeakerMatch,
+    SpeakerTurn,
     StageTiming,
     TimeSpan,
     TranscriptionResponse,
@@ -67,6 +70,7 @@ class AlignRunner(Protocol):
 class DiarizeRunner(Protocol):
     async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts, speech: list[TimeSpan] | None = None,
                       request_id: str | None = None) -> Any: ...
+    async def voice_print(self, *, audio: np.ndarray, request_id: str | None = None) -> Any: ...
 
 
 class Progress(Protocol):
@@ -151,8 +155,9 @@ class Pipeline:
         return self._aligned_languages
 
     async def run(self, audio: np.ndarray, params: TranscribeParams, *, request_id: str,
-                  clock: StageClock | None = None, progress: Progress | None = None) -> TranscriptionResponse:
-        """The whole graph on decoded 16-kHz mono float32 audio."""
+                  clock: StageClock | None = None, progress: Progress | None = None,
+                  known_speakers: Sequence[KnownSpeaker] = ()) -> TranscriptionResponse:
+        """The whole graph on decoded 16-kHz mono audio; `known_speakers` name diarized speakers."""
         clock = clock or StageClock()
         duration = round(audio.shape[0] / SAMPLE_RATE, 3)
         diarization = DiarizationInfo(enabled=params.diarize)
@@ -198,10 +203,14 @@ class Pipeline:
                 audio=audio, speakers=params.speakers, speech=plan.chunks, request_id=request_id)))
             (asr, segments, alignment), raw_turns = await _gather_both(words(), diarize)
             found = DiarizationResult.model_validate(raw_turns)
+            turns, matches = found.turns, list[SpeakerMatch]()
+            if known_speakers:
+                turns, matches = await self._stage(clock, "name_speakers", self._name_speakers(
+                    audio, turns, known_speakers, request_id))
             with clock.timed("assign"):
-                segments = assign_speakers(segments, found.turns)
-            diarization = DiarizationInfo(enabled=True, backend=found.backend,
-                                          num_speakers=found.num_speakers, speaker_turns=found.turns)
+                segments = assign_speakers(segments, turns)
+            diarization = DiarizationInfo(enabled=True, backend=found.backend, num_speakers=found.num_speakers,
+                                          speaker_turns=turns, known_speakers=matches)
         else:
             asr, segments, alignment = await words()
         return TranscriptionResponse(
@@ -295,6 +304,25 @@ class Pipeline:
             note=f"no wav2vec2 alignment model for {asr.language!r}: "
                  "word timestamps come from Whisper's cross-attention",
         )
+
+    async def _name_speakers(self, audio: np.ndarray, turns: list[SpeakerTurn], known: Sequence[KnownSpeaker],
+                             request_id: str) -> tuple[list[SpeakerTurn], list[SpeakerMatch]]:
+        """Diarized speakers labelled with the names whose voice samples they match (naming.py)."""
+        own = solo_speech(turns)
+        clips = [cut(audio, spans) for spans in own.values()] + [k.audio for k in known]
+        async def voice_print(clip: np.ndarray) -> np.ndarray:
+            raw = await call_runner(lambda: self.diarizer.voice_print(audio=clip, request_id=request_id))
+            return np.asarray(raw, dtype=np.float32)
+
+        vectors = await asyncio.gather(*(voice_print(clip) for clip in clips))
+        if any(v.size == 0 for v in vectors):  # a backend without a speaker-embedding model
+            return turns, [SpeakerMatch(name=k.name) for k in known]
+        matched = match_names(dict(zip(own, vectors, strict=False)),
+                              {k.name: v for k, v in zip(known, vectors[len(own):], strict=True)})
+        by_name = {name: (label, similarity) for label, (name, similarity) in matched.items()}
+        matches = [SpeakerMatch(name=k.name, speaker=by_name[k.name][0], similarity=by_name[k.name][1])
+                   if k.name in by_name else SpeakerMatch(name=k.name) for k in known]
+        return renamed(turns, {label: name for label, (name, _) in matched.items()}), matches
 
     async def _stage(self, clock: StageClock, stage: str, call: Awaitable[T]) -> T:
         return await clock.run(stage, call, timeout_s=self.limits.stage_timeout_s)

@@ -99,13 +99,24 @@ class SpeakerTurn(BaseModel):
     speaker: str
 
 
+class SpeakerMatch(BaseModel):
+    """A known speaker (`known_speaker_names[]`) and the diarized speaker it named, if any."""
+
+    name: str
+    speaker: str | None = Field(None, description="The diarized label it replaced; null: no speaker "
+                                "matched the voice sample.")
+    similarity: float | None = Field(None, description="Cosine similarity of the two voice prints.")
+
+
 class DiarizationInfo(BaseModel):
     enabled: bool
     backend: str | None = None
     num_speakers: int = 0
     speaker_turns: list[SpeakerTurn] = Field(
-        default_factory=list, description="Who spoke when, as the diarization runner found it."
+        default_factory=list, description="Who spoke when (with known speakers' names where matched)."
     )
+    known_speakers: list[SpeakerMatch] = Field(
+        default_factory=list, description="Each known speaker sent, and the speaker its sample matched.")
 
 
 class StageTiming(BaseModel):

@@ -13,13 +13,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from starlette.datastructures import UploadFile
 
-from .audio import DecodeLimits, check_upload_type, decode_pcm
+from .audio import SAMPLE_RATE, DecodeLimits, check_upload_type, decode_pcm
 from .config import Settings
+from .errors import InvalidRequest, UnsupportedValue
+from .naming import REFERENCE_SECONDS, KnownSpeaker
+from .params import SpeakerReference
 
 _BLOCK = 1 << 20
 _PREFIX = "wxs-upload-"
@@ -33,17 +38,24 @@ async def spool_upload(upload: UploadFile, settings: Settings) -> Path:
     Its size was bounded while the body streamed in (`GatewayGuard`), before this runs.
     """
     check_upload_type(upload.content_type, settings.accepted_upload_types)
-    directory = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=settings.tmp_dir))  # mode 0700
-    path = directory / _NAME
+    path = _private_path(settings)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
+        with _create(path) as handle:
             while block := await upload.read(_BLOCK):
                 handle.write(block)
     except BaseException:
         discard_spool(path)
         raise
     return path
+
+
+def _private_path(settings: Settings) -> Path:
+    """Where one spooled file goes: a new directory of its own (mode 0700)."""
+    return Path(tempfile.mkdtemp(prefix=_PREFIX, dir=settings.tmp_dir)) / _NAME
+
+
+def _create(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
 
 
 def discard_spool(path: Path) -> None:
@@ -63,3 +75,29 @@ async def decode_upload(upload: UploadFile, settings: Settings) -> np.ndarray:
                                 limits=DecodeLimits.from_settings(settings))
     finally:
         discard_spool(path)
+
+
+async def decode_speaker_references(references: Sequence[SpeakerReference], settings: Settings,
+                                    ) -> list[KnownSpeaker]:
+    """Each voice sample decoded like an upload (spooled alone, allowlisted demuxers, bounded
+    decoder); anything but 2-10 s of audio is a 400 naming `known_speaker_references`."""
+    shortest, longest = REFERENCE_SECONDS
+    known = []
+    for reference in references:
+        path = _private_path(settings)
+        try:
+            with _create(path) as handle:
+                handle.write(reference.data)
+            pcm = await decode_pcm(path, max_seconds=longest + 1.0, limits=DecodeLimits.from_settings(settings))
+        except InvalidRequest as exc:
+            raise UnsupportedValue(f"the voice sample of {reference.name[:40]!r}: {exc.message}",
+                                   param="known_speaker_references") from None
+        finally:
+            discard_spool(path)
+        seconds = pcm.shape[0] / SAMPLE_RATE
+        if not shortest <= seconds <= longest:
+            raise UnsupportedValue(
+                f"the voice sample of {reference.name[:40]!r} is {seconds:.1f} s long; send "
+                f"{shortest:.0f}-{longest:.0f} s", param="known_speaker_references")
+        known.append(KnownSpeaker(name=reference.name, audio=pcm))
+    return known

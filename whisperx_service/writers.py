@@ -176,7 +176,10 @@ def speaker_letters(speakers: list[str]) -> dict[str, str]:
 
 
 def openai_diarized(response: TranscriptionResponse) -> OpenAIDiarizedTranscription:
-    labels = speaker_letters([s.speaker for s in response.segments if s.speaker])
+    """Known speakers by their names, the others A, B, C... as OpenAI labels them."""
+    named = {m.name for m in response.diarization.known_speakers if m.speaker is not None}
+    labels = speaker_letters([s.speaker for s in response.segments if s.speaker and s.speaker not in named])
+    labels.update((name, name) for name in named)
     return OpenAIDiarizedTranscription(
         duration=response.duration, text=full_text(response), usage=_usage(response),
         segments=[

@@ -11,6 +11,7 @@ import pytest
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from whisperx_service.errors import StageFailed
+from whisperx_service.naming import KnownSpeaker
 from whisperx_service.params import TranscribeParams
 from whisperx_service.pipeline import Pipeline, PipelineLimits
 from whisperx_service.schema import (
@@ -121,6 +122,11 @@ class FakeDiarizer:
         turns = [SpeakerTurn(start=0.0, end=4.5, speaker="SPEAKER_00"),
                  SpeakerTurn(start=4.5, end=12.0, speaker="SPEAKER_01")]
         return DiarizationResult(turns=turns, backend="fake", num_speakers=2)
+
+    async def voice_print(self, *, audio: np.ndarray, request_id: str | None = None) -> list[float]:
+        """A voice print that only tells clips apart by their whole seconds."""
+        self.events(f"voice_print:{audio.shape[0] / RATE:g}")
+        return [float(i == round(audio.shape[0] / RATE)) for i in range(16)]
 
 
 class Recorder:
@@ -247,3 +253,19 @@ def test_no_samples_is_an_empty_result_without_runner_calls() -> None:
     pipeline = Pipeline(FakeASR(events), FakeAligner(events, []), FakeDiarizer(events))
     response = asyncio.run(pipeline.run(np.zeros(0, dtype=np.float32), TranscribeParams(), request_id="t"))
     assert response.segments == [] and response.alignment.method == "none" and events.log == []
+
+
+def test_known_speakers_name_the_diarized_speakers_their_samples_match() -> None:
+    events = Events()
+    known = [KnownSpeaker("Ann", np.zeros(4 * RATE, dtype=np.int16)),
+             KnownSpeaker("Bob", np.zeros(3 * RATE, dtype=np.int16))]
+    pipeline = Pipeline(FakeASR(events), FakeAligner(events, ["en"]), FakeDiarizer(events))
+    response = asyncio.run(pipeline.run(AUDIO, TranscribeParams(), request_id="test", known_speakers=known))
+    # Each speaker's own speech (4.5 s and 7.5 s) and each sample got a voice print.
+    assert sorted(e for e in events.log if e.startswith("voice_print")) == [
+        "voice_print:3", "voice_print:4", "voice_print:4.5", "voice_print:7.5"]
+    assert [s.speaker for s in response.segments] == ["Ann", "SPEAKER_01", "SPEAKER_01"]
+    assert {t.speaker for t in response.diarization.speaker_turns} == {"Ann", "SPEAKER_01"}
+    assert [(m.name, m.speaker) for m in response.diarization.known_speakers] == [
+        ("Ann", "SPEAKER_00"), ("Bob", None)]
+    assert "name_speakers" in response.timings

@@ -225,8 +225,17 @@ class PyannoteBackend:
         inference = self.pipeline._segmentation
         self.segment = CallMerger(inference.infer, merged_windows, concat_rows)
         inference.infer = self.segment
+        self._speaker_embedding = self.pipeline._embedding
         self.embed = CallMerger(self.pipeline._embedding, merged_rows, concat_rows)
         self.pipeline._embedding = _MergedEmbedding(self.pipeline._embedding, self.embed)
+
+    def voice_print(self, audio: np.ndarray) -> np.ndarray:
+        """The pipeline's speaker embedding of a whole recording of one voice."""
+        import torch
+
+        wave = torch.from_numpy(prepare_audio(audio))[None, None]
+        with torch.inference_mode():
+            return np.asarray(self._speaker_embedding(wave))[0]
 
     def diarize(self, audio: np.ndarray, speakers: SpeakerCounts = UNKNOWN_SPEAKERS) -> list[SpeakerTurn]:
         """Safe to call from several threads at once: each call is one request's diarization."""

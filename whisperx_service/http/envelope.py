@@ -25,6 +25,7 @@ from ..metrics import GatewayMetrics
 from ..params import TranscribeParams
 from ..pipeline import Pipeline, Progress, StageClock
 from ..schema import TranscriptionResponse
+from ..uploads import decode_speaker_references
 from ..writers import Rendered
 
 logger = logging.getLogger("whisperx_service.gateway")
@@ -73,6 +74,7 @@ async def transcribe(
         clock = StageClock()
         with clock.timed("decode"):
             audio = await decode
+            known = await decode_speaker_references(params.speaker_references, gateway.settings)
         seconds = audio.shape[0] / SAMPLE_RATE
         if progress is not None:
             progress.audio(seconds)
@@ -80,7 +82,7 @@ async def transcribe(
                 progress.stage("waiting")  # for room in the audio budget
         async with gateway.audio_budget.hold(seconds, wait=progress is not None):  # jobs wait their turn
             response = await gateway.pipeline.run(audio, params, request_id=request_id, clock=clock,
-                                                  progress=progress)
+                                                  progress=progress, known_speakers=known)
         gateway.metrics.observe(response)
         if progress is not None:
             progress.stage("render")

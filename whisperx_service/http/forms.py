@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..params import SpeakerReference, parse_speaker_references
+
 # A route's one form model, file included, read as multipart (FastAPI documents every field only
 # when the whole form is one model).
 MULTIPART = Form(media_type="multipart/form-data")
@@ -30,6 +32,17 @@ class SpeakerFields(FormFields):
     min_speakers: str | None = form_field("Fewest speakers to find (diarizes).", "2")
     max_speakers: str | None = form_field("Most speakers to find (diarizes).", "4")
     num_speakers: str | None = form_field("Exact number of speakers (diarizes).", "2")
+    known_speaker_names: list[str] | None = Field(
+        None, alias="known_speaker_names[]", examples=[["Alice", "Bob"]],
+        description="Names of up to 4 people who may speak (diarizes); each needs a voice sample "
+                    "in known_speaker_references[], in the same order.")
+    known_speaker_references: list[str] | None = Field(
+        None, alias="known_speaker_references[]", examples=[["data:audio/wav;base64,UklGR..."]],
+        description="2-10 s of each named person's voice, as a data URL of audio. A diarized "
+                    "speaker whose voice matches a sample is labelled with that name.")
+
+    def speaker_references(self) -> tuple[SpeakerReference, ...]:
+        return parse_speaker_references(self.known_speaker_names, self.known_speaker_references)
 
 
 class SubtitleFields(FormFields):

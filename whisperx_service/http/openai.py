@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from dataclasses import replace
 from typing import Annotated, Any
 
 import bentoml
@@ -17,7 +18,13 @@ from pydantic import Field
 
 from ..config import get_settings
 from ..errors import MissingFile, ModelNotFound
-from ..params import OpenAIParams, SubtitleOptions, parse_openai_params, parse_subtitle_options
+from ..params import (
+    OpenAIParams,
+    SubtitleOptions,
+    parse_openai_params,
+    parse_subtitle_options,
+    with_speaker_references,
+)
 from ..schema import ModelCard, ModelList, OpenAIVerboseTranscription
 from ..uploads import decode_upload
 from ..writers import render_openai
@@ -96,7 +103,8 @@ class TranslationForm(FormFields):
         return []
 
     def parse(self, gateway: Gateway, task: str) -> tuple[OpenAIParams, SubtitleOptions]:
-        fields = self.model_dump(exclude={"file", "timestamp_granularities"})
+        fields = self.model_dump(exclude={"file", "timestamp_granularities", "known_speaker_names",
+                                          "known_speaker_references"})
         settings = gateway.settings
         params = parse_openai_params(
             fields, self.granularities(), task=task, served_models=served_models(),
@@ -115,6 +123,11 @@ class TranscriptionForm(TranslationForm, SpeakerFields, SubtitleFields):
 
     def granularities(self) -> list[str]:
         return self.timestamp_granularities or []
+
+    def parse(self, gateway: Gateway, task: str) -> tuple[OpenAIParams, SubtitleOptions]:
+        params, options = super().parse(gateway, task)
+        named = with_speaker_references(params.transcribe, self.speaker_references(), diarize_given=False)
+        return replace(params, transcribe=named), options
 
 
 async def openai_transcription(
