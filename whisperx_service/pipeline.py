@@ -24,7 +24,16 @@ from .assemble import sentences_from_whisper_words, word_segments
 from .audio import SAMPLE_RATE
 from .chinese import convert_asr_segments
 from .errors import is_transient_transport_error, map_stage_error
-from .params import TranscribeParams
+from .longform import (
+    is_suspect,
+    probe_indices,
+    text_units,
+    uncovered_pieces,
+    voiced_seconds,
+    vote_language,
+    windows,
+)
+from .params import PER_SEGMENT, TranscribeParams
 from .schema import (
     AlignJob,
     AlignmentInfo,
@@ -36,16 +45,21 @@ from .schema import (
     ChunkText,
     DiarizationInfo,
     DiarizationResult,
+    LanguageDecision,
     LanguageDetection,
+    LanguageProbability,
     Segment,
     SpeakerCounts,
     StageTiming,
     TimeSpan,
     TranscriptionResponse,
+    TranscriptWarning,
+    Word,
     WordTimestampMethod,
     word_timing_method,
 )
 from .speakers import assign_speakers
+from .text import tidy_text
 
 logger = logging.getLogger("whisperx_service.pipeline")
 T = TypeVar("T")
@@ -133,6 +147,8 @@ async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
 class PipelineLimits:
     stage_timeout_s: float = 3600.0
     chunks_in_flight: int = 16  # decode calls one request keeps open (memory, fairness)
+    language_probes: int = 4  # speech chunks that vote on a recording's language
+    redecode_suspect_chunks: bool = True  # decode again, in smaller windows, chunks short of text
 
 
 class Pipeline:
@@ -208,6 +224,7 @@ class Pipeline:
             segments=segments, word_segments=word_segments(segments), language=asr.language,
             language_probability=asr.language_probability, duration=duration, alignment=alignment,
             diarization=diarization, timings=clock.stages, request_id=request_id,
+            language_detection=asr.detection, warnings=asr.warnings,
         )
 
     async def transcribe(
@@ -215,24 +232,33 @@ class Pipeline:
         on_chunk: Callable[[float], None] | None = None,
         on_segment: Callable[[AsrSegment, str], None] | None = None,
     ) -> AsrResult:
-        """ASR's second step: one `decode` call per speech chunk of the plan (the first step).
+        """ASR's second step: `decode` calls over the speech chunks of the plan (the first step).
 
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher.
         The language rule: a given language wins; an English-only model means English; otherwise
-        the first chunk goes alone, is detected on its own encoder output, and the others follow
-        in its language. `on_chunk` gets the audio seconds transcribed so far, `on_segment` each
-        chunk's text (with its language) as soon as it is decoded.
+        a few chunks spread over the recording (`language_probes`) are decoded first, each in
+        the language detected on its own encoder output, and their language distributions,
+        weighted by voiced seconds, vote the recording's language (`longform.vote_language`);
+        probes decoded in another language are decoded again in it, and the other chunks follow
+        in it. With language_mode=per_segment every chunk keeps the language detected on it.
+        A chunk whose text is far too short for its speech is decoded again in smaller windows
+        (`longform.is_suspect`); speech still without text is reported in `warnings`.
+        `on_chunk` gets the audio seconds transcribed so far, `on_segment` each chunk's text
+        (with its language) as soon as it is settled.
         """
-        language: str | None = params.language
-        probability: float | None = None
-        if language is None and not plan.multilingual:
-            language, probability = "en", 1.0
+        decision: LanguageDecision | None = None
+        if params.language is not None:
+            decision = LanguageDecision(language=params.language, source="given")
+        elif not plan.multilingual:
+            decision = LanguageDecision(language="en", probability=1.0, source="model")
+        per_segment = decision is None and params.language_mode == PER_SEGMENT
         in_flight = asyncio.Semaphore(self.limits.chunks_in_flight)
         done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
         total = audio.shape[0] / SAMPLE_RATE
+        pieces = plan.pieces if len(plan.pieces) == len(plan.chunks) else [[c] for c in plan.chunks]
+        warnings: list[TranscriptWarning] = []
 
-        async def decode(span: TimeSpan) -> tuple[AsrSegment, ChunkText]:
-            nonlocal done
+        async def decode(span: TimeSpan, language: str | None) -> ChunkText:
             job = ChunkJob(
                 audio=audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)],
                 offset=span.start, language=language, task=params.task, initial_prompt=params.prompt,
@@ -241,23 +267,81 @@ class Pipeline:
             async with in_flight:
                 (raw,) = await call_runner(lambda: self.asr.decode([job]))
             text = ChunkText.model_validate(raw)
+            spoken = text.language or language or ""
+            return text.model_copy(update={"text": tidy_text(text.text, spoken), "language": spoken})
+
+        def segment_of(span: TimeSpan, text: ChunkText) -> AsrSegment:
+            return AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
+                              words=text.words, language=text.language if per_segment else None)
+
+        async def settle(index: int, first: ChunkText | None, language: str | None) -> list[AsrSegment]:
+            """One chunk decoded (again, when its first decode was in another language) and
+            checked for drops; its segments are handed on as soon as they are settled."""
+            nonlocal done
+            span, voiced = plan.chunks[index], pieces[index]
+            text = first if first is not None and (language is None or first.language == language) \
+                else await decode(span, language)
+            spoken = text.language or language or ""
+            segments = [segment_of(span, text)]
+            if self.limits.redecode_suspect_chunks and is_suspect(text.text, spoken, voiced, text.words):
+                segments = await self._redecode(span, voiced, text, spoken, decode, segment_of, warnings)
             if on_chunk is not None:  # progress in audio seconds, by the share of speech decoded
                 done += span.end - span.start
                 on_chunk(total * done / speech)
-            segment = AsrSegment(start=span.start, end=span.end, text=text.text,
-                                 avg_logprob=text.avg_logprob, words=text.words)
-            if on_segment is not None and segment.text:
-                on_segment(segment, text.language or language or "")
-            return segment, text
+            segments = [s for s in segments if s.text]
+            if on_segment is not None:
+                for segment in segments:
+                    on_segment(segment, segment.language or spoken)
+            return segments
 
-        decoded: list[tuple[AsrSegment, ChunkText]] = []
-        if language is None and plan.chunks:
-            decoded.append(await decode(plan.chunks[0]))
-            language, probability = decoded[0][1].language, decoded[0][1].language_probability
-        decoded += await asyncio.gather(*(decode(span) for span in plan.chunks[len(decoded):]))
-        segments = [segment for segment, _ in decoded if segment.text]
-        return AsrResult(segments=segments, language=language or "",
-                         language_probability=probability, model=plan.model)
+        first: dict[int, ChunkText] = {}
+        if decision is None and plan.chunks:
+            probes = probe_indices(len(plan.chunks), self.limits.language_probes)
+            probed = await asyncio.gather(*(decode(plan.chunks[i], None) for i in probes))
+            first = dict(zip(probes, probed, strict=True))
+            decision = vote_language([(voiced_seconds(pieces[i]), text.languages or _top(text))
+                                      for i, text in first.items()])
+            if decision is not None and per_segment:
+                decision = decision.model_copy(update={"mode": PER_SEGMENT})
+        language = None if per_segment or decision is None else decision.language
+        settled = await asyncio.gather(*(settle(i, first.get(i), language) for i in range(len(plan.chunks))))
+        segments = [segment for chunk in settled for segment in chunk]
+        return AsrResult(segments=segments, language=decision.language if decision else "",
+                         language_probability=decision.probability if decision else None,
+                         model=plan.model, detection=decision,
+                         warnings=sorted(warnings, key=lambda w: w.start))
+
+    async def _redecode(
+        self, span: TimeSpan, voiced: list[TimeSpan], text: ChunkText, language: str,
+        decode: Callable[[TimeSpan, str | None], Awaitable[ChunkText]],
+        segment_of: Callable[[TimeSpan, ChunkText], AsrSegment], warnings: list[TranscriptWarning],
+    ) -> list[AsrSegment]:
+        """A suspect chunk decoded again in windows of its voiced pieces (<= 10 s); kept when that
+        gives more text. Voiced pieces still without text become warnings."""
+        parts = windows(voiced, span)
+        texts = await asyncio.gather(*(decode(part, language) for part in parts))
+        units = text_units(text.text, language)
+        retried = sum(text_units(t.text, language) for t in texts)
+        logger.info("chunk %.1f-%.1f s: %d text units for %.1f voiced s; again in %d windows: %d",
+                    span.start, span.end, units, voiced_seconds(voiced), len(parts), retried)
+        if retried > units:
+            segments = [segment_of(part, t) for part, t in zip(parts, texts, strict=True)]
+            words: list[Word] | None = [w for t in texts for w in t.words or []]
+            if any(t.words is None for t in texts):
+                words = None
+            missing = [part for part, t in zip(parts, texts, strict=True) if not t.text]
+        else:
+            segments, words = [segment_of(span, text)], text.words
+            missing = [] if text.text else list(parts)
+        missing += [p for p in uncovered_pieces(voiced, words) if not any(
+            m.start <= p.start and p.end <= m.end for m in missing)]
+        for gap in missing:
+            warnings.append(TranscriptWarning(
+                code="speech_without_text", start=gap.start, end=gap.end,
+                message=f"{gap.end - gap.start:.1f} s of detected speech gave no text, even decoded "
+                        "again in smaller windows (overlapped voices, noise, or a language the model "
+                        "does not know)"))
+        return segments
 
     async def detect_language(self, audio: np.ndarray, top_k: int, clock: StageClock) -> LanguageDetection:
         """The language of the first 30 s (Whisper's one window)."""
@@ -289,7 +373,7 @@ class Pipeline:
             results = await asyncio.gather(*aligning)
             segments = sorted((s for chunk, _ in results for s in chunk), key=lambda s: (s.start, s.end))
             return segments, AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=results[0][1])
-        segments = [s for seg in asr.segments for s in sentences_from_whisper_words(seg)]
+        segments = [s for seg in asr.segments for s in sentences_from_whisper_words(seg, asr.language)]
         return segments, AlignmentInfo(
             method=WordTimestampMethod.whisper, model=asr.model,
             note=f"no wav2vec2 alignment model for {asr.language!r}: "
@@ -307,6 +391,13 @@ def _shifted(segment: Segment, offset: float) -> Segment:
     return segment.model_copy(update={
         "start": round(segment.start + offset, 3), "end": round(segment.end + offset, 3),
         "words": [w.model_copy(update={"start": at(w.start), "end": at(w.end)}) for w in segment.words]})
+
+
+def _top(text: ChunkText) -> list[LanguageProbability]:
+    """A chunk's detection as a distribution, when it carries only its best language."""
+    if not text.language:
+        return []
+    return [LanguageProbability(language=text.language, probability=text.language_probability or 1.0)]
 
 
 async def _gather_both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:

@@ -182,11 +182,13 @@ def test_the_language_rule() -> None:
     asr = FakeASR(events)
     run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)), TranscribeParams(language="zh"))
     assert {job.language for job in asr.jobs} == {"zh"}
-    # None: the first chunk alone, detected; the others follow in its language.
+    # None: the first chunks (half of them, at most 4) detected, their vote decides; the others
+    # follow in the recording's language.
     asr = FakeASR(events, detected="de")
     response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))
-    assert [job.language for job in asr.jobs] == [None, "de", "de"]
+    assert [job.language for job in asr.jobs] == [None, None, "de"]
     assert response.language == "de" and response.language_probability == 0.9
+    assert response.language_detection.source == "detected" and response.language_detection.chunks == 2
     # An English-only model: English, never detected.
     asr = FakeASR(events, multilingual=False)
     response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))

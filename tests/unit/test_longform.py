@@ -1,0 +1,123 @@
+"""Long recordings over fake runners: the language voted over the recording, per-segment
+languages, and chunks short of text decoded again or reported (no silent drops)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from tests.unit.test_pipeline import AUDIO, RATE, Events, FakeAligner, FakeDiarizer
+from whisperx_service.longform import is_suspect, probe_indices, text_units, vote_language, windows
+from whisperx_service.params import PER_SEGMENT, TranscribeParams
+from whisperx_service.pipeline import Pipeline
+from whisperx_service.schema import AsrPlan, ChunkJob, ChunkText, LanguageProbability, TimeSpan, Word
+
+CHUNKS = [TimeSpan(start=0.5, end=4.0), TimeSpan(start=5.0, end=9.0), TimeSpan(start=10.0, end=11.5)]
+
+
+class ScriptedASR:
+    """Each chunk (by offset) heard as a language with a confidence, and said as a text; a chunk
+    whose text is "" in its whole but has `pieces` gives the piece texts when decoded in parts."""
+
+    def __init__(self, heard: dict[float, tuple[str, float]], said: dict[tuple[float, float], str],
+                 pieces: list[list[TimeSpan]] | None = None) -> None:
+        self.heard, self.said, self.pieces = heard, said, pieces or []
+        self.jobs: list[ChunkJob] = []
+
+    async def plan(self, *, audio: np.ndarray, request_id: str | None = None) -> AsrPlan:
+        return AsrPlan(chunks=CHUNKS, pieces=self.pieces, multilingual=True, model="fake-whisper:1")
+
+    async def decode(self, jobs: list[ChunkJob]) -> list[ChunkText]:
+        (job,) = jobs
+        self.jobs.append(job)
+        await asyncio.sleep(0.001)
+        end = round(job.offset + job.audio.shape[0] / RATE, 3)
+        heard, p = self.heard.get(job.offset, ("en", 0.9))
+        language = job.language or heard
+        text = self.said.get((job.offset, end), f"{language} words said at {job.offset}.")
+        words = [Word(word=w, start=job.offset, end=end, score=0.9) for w in text.split()]
+        ranked = [LanguageProbability(language=heard, probability=p),
+                  LanguageProbability(language="en" if heard != "en" else "de", probability=round(1 - p, 4))]
+        return [ChunkText(text=text, words=words, language=language,
+                          language_probability=None if job.language else p,
+                          languages=[] if job.language else ranked)]
+
+    async def detect_language(self, *, audio: np.ndarray, top_k: int = 5) -> object:
+        raise AssertionError("not used")
+
+
+def _run(asr: ScriptedASR, params: TranscribeParams | None = None) -> object:
+    events = Events()
+    pipeline = Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events))
+    return asyncio.run(pipeline.run(AUDIO, params or TranscribeParams(), request_id="test"))
+
+
+def test_a_noisy_opening_does_not_decide_the_language() -> None:
+    # The opening chunk sounds German (crosstalk), the next one clearly English: English wins,
+    # and the opening is decoded again in English.
+    asr = ScriptedASR({0.5: ("de", 0.6), 5.0: ("en", 0.97)}, {})
+    response = _run(asr)
+    assert response.language == "en"  # type: ignore[attr-defined]
+    detection = response.language_detection  # type: ignore[attr-defined]
+    assert detection.source == "detected" and detection.chunks == 2 and detection.speech_seconds == 7.5
+    # (3.5 s * 0.4 + 4 s * 0.97) / 7.5 s of speech
+    assert detection.probability == round((3.5 * 0.4 + 4 * 0.97) / 7.5, 4)
+    assert [a.language for a in detection.alternatives] == ["en", "de"]
+    redone = [job for job in asr.jobs if job.offset == 0.5 and job.language == "en"]
+    assert len(redone) == 1
+    texts = [s.text for s in response.segments]  # type: ignore[attr-defined]
+    assert texts == ["en words said at 0.5.", "en words said at 5.0.", "en words said at 10.0."]
+    assert all(s.language is None for s in response.segments)  # type: ignore[attr-defined]
+
+
+def test_a_given_language_always_wins() -> None:
+    asr = ScriptedASR({0.5: ("de", 0.99), 5.0: ("de", 0.99)}, {})
+    response = _run(asr, TranscribeParams(language="en", language_mode=PER_SEGMENT))
+    assert {job.language for job in asr.jobs} == {"en"}
+    assert response.language == "en" and response.language_detection.source == "given"  # type: ignore[attr-defined]
+
+
+def test_per_segment_mode_labels_each_segment_with_its_language() -> None:
+    asr = ScriptedASR({0.5: ("zh", 0.9), 5.0: ("en", 0.95), 10.0: ("zh", 0.8)},
+                      {(0.5, 4.0): "我们 先 看 一下 这个 项目 的 进度 然后 再 说", (10.0, 11.5): "好的 谢谢"})
+    response = _run(asr, TranscribeParams(language_mode=PER_SEGMENT))
+    assert {job.language for job in asr.jobs} == {None}  # every chunk detected on its own
+    segments = response.segments  # type: ignore[attr-defined]
+    assert [s.language for s in segments] == ["zh", "en", "zh"]
+    assert segments[0].text == "我们先看一下这个项目的进度然后再说"  # no space between CJK characters
+    assert segments[1].text == "en words said at 5.0."
+    assert response.language_detection.mode == PER_SEGMENT  # type: ignore[attr-defined]
+
+
+def test_a_chunk_short_of_text_is_decoded_again_in_pieces_and_the_rest_reported() -> None:
+    # Chunk 5-9 s: Whisper's whole-chunk decode skips it; its first voiced piece decodes alone,
+    # its second gives nothing even alone.
+    pieces = [[CHUNKS[0]], [TimeSpan(start=5.0, end=6.5), TimeSpan(start=7.0, end=9.0)], [CHUNKS[2]]]
+    asr = ScriptedASR({}, {(5.0, 9.0): "", (5.0, 6.5): "the budget is approved", (7.0, 9.0): ""}, pieces)
+    response = _run(asr, TranscribeParams(language="en"))
+    assert sorted((job.offset, round(job.audio.shape[0] / RATE, 3)) for job in asr.jobs if job.offset >= 5.0
+                  and job.offset < 10.0) == [(5.0, 1.5), (5.0, 4.0), (7.0, 2.0)]
+    texts = [s.text for s in response.segments]  # type: ignore[attr-defined]
+    assert "the budget is approved" in texts
+    warnings = response.warnings  # type: ignore[attr-defined]
+    assert [(w.code, w.start, w.end) for w in warnings] == [("speech_without_text", 7.0, 9.0)]
+
+
+def test_chunks_with_enough_text_are_not_decoded_again() -> None:
+    asr = ScriptedASR({}, {})
+    response = _run(asr, TranscribeParams(language="en"))
+    assert len(asr.jobs) == len(CHUNKS) and response.warnings == []  # type: ignore[attr-defined]
+
+
+def test_rules() -> None:
+    assert probe_indices(1, 4) == [0] and probe_indices(3, 4) == [0, 1] and probe_indices(40, 4) == [0, 1, 2, 3]
+    assert text_units("首先说一下，刚刚", "zh") == 7 and text_units("Hello, my friends.", "en") == 3
+    assert vote_language([]) is None
+    pieces = [TimeSpan(start=0.0, end=12.0)]
+    assert is_suspect("嗯", "zh", pieces, None) and not is_suspect("我" * 20, "zh", pieces, None)
+    word = [Word(word="hi", start=0.0, end=0.5)]
+    two = [TimeSpan(start=0.0, end=1.0), TimeSpan(start=1.5, end=4.0)]
+    assert is_suspect("hi", "en", two, word)  # 2.5 s voiced piece with no word on it
+    cut = windows([TimeSpan(start=0.0, end=25.0), TimeSpan(start=26.0, end=28.0)], TimeSpan(start=0.0, end=28.0))
+    assert all(w.end - w.start <= 10.0 for w in cut) and cut[0].start == 0.0 and cut[-1].end == 28.0
