@@ -6,7 +6,7 @@ Whisper-timed chunks are split into sentences the way WhisperX's aligner would.
 from __future__ import annotations
 
 from .schema import AsrSegment, Segment, Word
-from .text import join_words
+from .text import join_words, source_spacing
 
 _SENTENCE_END = (".", "?", "!", "。", "？", "！", "…")
 
@@ -20,25 +20,28 @@ def sentences_from_whisper_words(segment: AsrSegment, language: str | None = Non
     if not words:
         return [Segment(start=segment.start, end=segment.end, text=segment.text,
                         avg_logprob=segment.avg_logprob, language=segment.language)]
+    # Whisper's text keeps the spaces its tokens carried ("I'm", not "I 'm"): read them there.
+    spacing = source_spacing([w.word for w in words], segment.text)
     out: list[Segment] = []
     current: list[Word] = []
-    for word in words:
+    first = 0
+    for i, word in enumerate(words):
         current.append(word)
         if word.word.endswith(_SENTENCE_END):
-            out.append(_segment_of(current, language, segment))
-            current = []
+            out.append(_segment_of(current, spacing[first:i + 1], language, segment))
+            current, first = [], i + 1
     if current:
-        out.append(_segment_of(current, language, segment))
+        out.append(_segment_of(current, spacing[first:], language, segment))
     return out
 
 
-def _segment_of(words: list[Word], language: str | None, chunk: AsrSegment) -> Segment:
+def _segment_of(words: list[Word], spacing: list[bool | None], language: str | None, chunk: AsrSegment) -> Segment:
     starts = [w.start for w in words if w.start is not None]
     ends = [w.end for w in words if w.end is not None]
     return Segment(
         start=min(starts) if starts else 0.0,
         end=max(ends) if ends else 0.0,
-        text=join_words((w.word for w in words), language),
+        text=join_words((w.word for w in words), language, spacing=spacing),
         words=[w.model_copy() for w in words],
         avg_logprob=chunk.avg_logprob,
         language=chunk.language,

@@ -19,7 +19,7 @@ recording was labelled with.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # whisperx.utils.LANGUAGES_WITHOUT_SPACES plus Cantonese (written in Chinese characters).
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "yue", "th", "lo", "my", "bo"})
@@ -53,35 +53,62 @@ def is_unspaced_language(language: str | None) -> bool:
     return (language or "") in UNSPACED_LANGUAGES
 
 
-def _needs_space(left: str, right: str, language: str | None) -> bool:
-    """Whether a space goes between text ending in `left` and text starting with `right`."""
+def _needs_space(left: str, right: str, language: str | None, spaced: bool | None = None) -> bool:
+    """Whether a space goes between text ending in `left` and text starting with `right`;
+    `spaced`: whether the decoded text had one there (Whisper's tokens carry their leading
+    space: "I" + "'m" join without one), None when unknown."""
     if not left or not right:
         return False
     a, b = is_unspaced_char(left[-1]), is_unspaced_char(right[0])
-    if is_unspaced_language(language):
-        return not (a or b)
-    return not (a and b)
+    if a and b:
+        return False
+    if is_unspaced_language(language) and (a or b):
+        return False
+    return True if spaced is None else spaced
 
 
-def join_words(words: Iterable[str], language: str | None) -> str:
-    """Words (as Whisper or an aligner gave them, with or without their leading space) as text."""
-    out = ""
+def source_spacing(words: list[str], source: str | None) -> list[bool | None]:
+    """For each word, whether `source` (the text the words were cut from, in order) has
+    whitespace right before it; None where the word is not found there (or no source)."""
+    out: list[bool | None] = []
+    cursor = 0
+    text = source or ""
     for raw in words:
         word = raw.strip()
-        if not word:
+        at = text.find(word, cursor) if word else -1
+        between = text[cursor:at] if at >= 0 else ""
+        if at < 0 or between.strip():  # not the next thing in the text: unknown
+            out.append(None)
             continue
-        out = f"{out} {word}" if _needs_space(out, word, language) else out + word
+        out.append(bool(between) if cursor else None)
+        cursor = at + len(word)
     return out
 
 
-def spaced_words(words: list[str], language: str | None, previous: str = "") -> list[str]:
-    """Each word with the leading space the joining rule gives it after `previous` (the text
-    before the first word, if any), so that plain concatenation (what subtitle writers of
-    unspaced languages do) spells the text."""
-    out: list[str] = []
-    for raw in words:
+def join_words(words: Iterable[str], language: str | None, source: str | None = None,
+               spacing: Sequence[bool | None] | None = None) -> str:
+    """Words (as Whisper or an aligner gave them, with or without their leading space) as text;
+    `source`: the decoded text they come from, whose spaces are kept where the rule allows (or
+    `spacing`, `source_spacing` computed beforehand)."""
+    items = list(words)
+    flags = list(spacing) if spacing is not None else source_spacing(items, source)
+    out = ""
+    for raw, spaced in zip(items, flags, strict=True):
         word = raw.strip()
-        out.append(f" {word}" if _needs_space(previous, word, language) else word)
+        if not word:
+            continue
+        out = f"{out} {word}" if _needs_space(out, word, language, spaced) else out + word
+    return out
+
+
+def spaced_words(words: list[str], language: str | None, previous: str = "", source: str | None = None) -> list[str]:
+    """Each word with the leading space the joining rule gives it after `previous` (the text
+    before the first word, if any; `source`: the text the words spell), so that plain
+    concatenation (what subtitle writers of unspaced languages do) spells the text."""
+    out: list[str] = []
+    for raw, spaced in zip(words, source_spacing(words, source), strict=True):
+        word = raw.strip()
+        out.append(f" {word}" if _needs_space(previous, word, language, spaced) else word)
         previous = word or previous
     return out
 

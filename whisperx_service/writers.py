@@ -117,8 +117,8 @@ def whisperx_result(response: TranscriptionResponse) -> dict[str, Any]:
         language = segment.get("language") or response.language
         segment["text"] = tidy_text(segment["text"], language)
         timed = [w for w in segment.get("words", []) if "start" in w and "end" in w]
-        for word, spaced in zip(timed, spaced_words([w["word"] for w in timed], language, previous),
-                                strict=True):
+        for word, spaced in zip(timed, spaced_words([w["word"] for w in timed], language, previous,
+                                                    segment["text"]), strict=True):
             word["word"] = spaced
             previous = spaced.strip() or previous
         segment["words"] = timed

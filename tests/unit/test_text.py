@@ -90,3 +90,14 @@ def test_no_space_between_cjk_characters_on_any_output(language: str, options: S
         assert bodies["full"] == "首先说一下刚刚经历我们用Python做machine learning好的谢谢"
     else:
         assert bodies["full"] == "首先说一下刚刚经历我们用 Python 做 machine learning 好的谢谢"
+
+
+def test_whisper_spacing_is_kept_where_the_rule_allows() -> None:
+    # Decoded in Chinese mode, Whisper cuts English into tokens: " I", "'m", " Yan", "kee".
+    words = ["I", "'m", "Sheila", "a", "Yan", "kee", "我们", "用", "Python"]
+    source = "I'm Sheila a Yankee 我们 用 Python"
+    assert join_words(words, "zh", source) == "I'm Sheila a Yankee我们用Python"
+    assert join_words(words, "en", source) == "I'm Sheila a Yankee 我们用 Python"
+    chunk = AsrSegment(start=0.0, end=3.0, text="I'm Sheila. I don't know.", words=[
+        Word(word=w, start=i * 0.2, end=i * 0.2 + 0.2) for i, w in enumerate(["I", "'m", "Sheila.", "I", "don", "'t", "know."])])
+    assert [s.text for s in sentences_from_whisper_words(chunk, "zh")] == ["I'm Sheila.", "I don't know."]
