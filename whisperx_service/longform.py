@@ -25,12 +25,16 @@ SUSPECT_SHARE = 0.25
 SUSPECT_MIN_VOICED_S = 3.0  # shorter chunks are left alone (a "yes" in 3 s of voice is normal)
 UNCOVERED_PIECE_S = 2.0  # a voiced piece this long with no word on it is a suspected drop
 REDECODE_WINDOW_S = 10.0  # the smaller windows a suspect chunk is decoded again in
+DETECT_WINDOW_S = 10.0  # the windows of voiced speech whose languages vote a recording's
 
 
-def probe_indices(count: int, probes: int) -> list[int]:
-    """Which of `count` chunks vote on the language: the first `probes`, at most half of them
-    (rounded up), so that the others are decoded, and aligned, as soon as the vote is in."""
-    return list(range(min(max(1, probes), (count + 1) // 2)))
+def spread_indices(count: int, probes: int) -> list[int]:
+    """`probes` of `count` items spread evenly from the first to the last (all when fewer)."""
+    if count <= probes:
+        return list(range(count))
+    if probes <= 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (probes - 1)) for i in range(probes)})
 
 
 def vote_language(votes: Sequence[tuple[float, Sequence[LanguageProbability]]]) -> LanguageDecision | None:
@@ -91,11 +95,13 @@ def is_suspect(text: str, language: str | None, pieces: Sequence[TimeSpan], word
     return bool(uncovered_pieces(pieces, words))
 
 
-def windows(pieces: Sequence[TimeSpan], span: TimeSpan, length: float = REDECODE_WINDOW_S) -> list[TimeSpan]:
-    """The chunk cut into windows along its voiced pieces, each at most `length` seconds and at
-    most half the chunk (so that a window is always smaller than what was decoded): consecutive
-    pieces grouped while they fit, a longer piece cut into equal parts."""
-    length = max(0.5, min(length, (span.end - span.start) / 2))
+def windows(pieces: Sequence[TimeSpan], span: TimeSpan, length: float = REDECODE_WINDOW_S,
+            halve: bool = True) -> list[TimeSpan]:
+    """The chunk cut into windows along its voiced pieces, each at most `length` seconds and,
+    with `halve`, at most half the chunk (so that a window is always smaller than what was
+    decoded): consecutive pieces grouped while they fit, a longer piece cut into equal parts."""
+    if halve:
+        length = max(0.5, min(length, (span.end - span.start) / 2))
     out: list[TimeSpan] = []
     for piece in pieces or [span]:
         parts = max(1, -int(-(piece.end - piece.start) // length))

@@ -25,8 +25,9 @@ from .audio import SAMPLE_RATE
 from .chinese import convert_asr_segments
 from .errors import is_transient_transport_error, map_stage_error
 from .longform import (
+    DETECT_WINDOW_S,
     is_suspect,
-    probe_indices,
+    spread_indices,
     text_units,
     uncovered_pieces,
     voiced_seconds,
@@ -147,7 +148,7 @@ async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
 class PipelineLimits:
     stage_timeout_s: float = 3600.0
     chunks_in_flight: int = 16  # decode calls one request keeps open (memory, fairness)
-    language_probes: int = 4  # speech chunks that vote on a recording's language
+    language_probes: int = 12  # windows of speech, spread over a recording, that vote its language
     redecode_suspect_chunks: bool = True  # decode again, in smaller windows, chunks short of text
 
 
@@ -235,12 +236,12 @@ class Pipeline:
         """ASR's second step: `decode` calls over the speech chunks of the plan (the first step).
 
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher.
-        The language rule: a given language wins; an English-only model means English; otherwise
-        a few chunks spread over the recording (`language_probes`) are decoded first, each in
-        the language detected on its own encoder output, and their language distributions,
-        weighted by voiced seconds, vote the recording's language (`longform.vote_language`);
-        probes decoded in another language are decoded again in it, and the other chunks follow
-        in it. With language_mode=per_segment every chunk keeps the language detected on it.
+        The language rule: a given language wins; an English-only model means English; a single
+        chunk is detected on its own encoder output; otherwise windows of voiced speech spread
+        over the whole recording (`language_probes` of them, <= 10 s each) are detected first,
+        and their language distributions, weighted by their seconds, vote the recording's
+        language (`longform.vote_language`), in which every chunk is decoded. With
+        language_mode=per_segment every chunk keeps the language detected on it.
         A chunk whose text is far too short for its speech is decoded again in smaller windows
         (`longform.is_suspect`); speech still without text is reported in `warnings`.
         `on_chunk` gets the audio seconds transcribed so far, `on_segment` each chunk's text
@@ -295,14 +296,14 @@ class Pipeline:
             return segments
 
         first: dict[int, ChunkText] = {}
-        if decision is None and plan.chunks:
-            probes = probe_indices(len(plan.chunks), self.limits.language_probes)
-            probed = await asyncio.gather(*(decode(plan.chunks[i], None) for i in probes))
-            first = dict(zip(probes, probed, strict=True))
-            decision = vote_language([(voiced_seconds(pieces[i]), text.languages or _top(text))
-                                      for i, text in first.items()])
-            if decision is not None and per_segment:
-                decision = decision.model_copy(update={"mode": PER_SEGMENT})
+        if decision is None and len(plan.chunks) == 1:
+            # One chunk: detected on its own encoder output while it is decoded, as before.
+            first[0] = await decode(plan.chunks[0], None)
+            decision = vote_language([(voiced_seconds(pieces[0]), first[0].languages or _top(first[0]))])
+        elif decision is None and plan.chunks:
+            decision = await self._vote_language(audio, plan.chunks, pieces)
+        if decision is not None and per_segment:
+            decision = decision.model_copy(update={"mode": PER_SEGMENT})
         language = None if per_segment or decision is None else decision.language
         settled = await asyncio.gather(*(settle(i, first.get(i), language) for i in range(len(plan.chunks))))
         segments = [segment for chunk in settled for segment in chunk]
@@ -310,6 +311,27 @@ class Pipeline:
                          language_probability=decision.probability if decision else None,
                          model=plan.model, detection=decision,
                          warnings=sorted(warnings, key=lambda w: w.start))
+
+    async def _vote_language(self, audio: np.ndarray, chunks: list[TimeSpan],
+                             pieces: list[list[TimeSpan]]) -> LanguageDecision | None:
+        """The language voted by detection windows spread over the recording.
+
+        A 30-s chunk's detection follows whichever voice opens it (a Mandarin sentence at the
+        head of 26 s of English made the chunk Mandarin), so detection runs on windows of voiced
+        pieces (<= 10 s), not chunks."""
+        spread = [w for chunk, voiced in zip(chunks, pieces, strict=True)
+                  for w in windows(voiced, chunk, DETECT_WINDOW_S, halve=False)]
+        chosen = [spread[i] for i in spread_indices(len(spread), self.limits.language_probes)]
+
+        async def detect(span: TimeSpan) -> LanguageDetection:
+            clip = audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)]
+            raw = await call_runner(lambda: self.asr.detect_language(audio=clip, top_k=5))
+            return LanguageDetection.model_validate(raw)
+
+        found = await asyncio.gather(*(detect(span) for span in chosen))
+        return vote_language([(span.end - span.start, detection.alternatives or [LanguageProbability(
+            language=detection.language, probability=detection.probability)])
+            for span, detection in zip(chosen, found, strict=True)])
 
     async def _redecode(
         self, span: TimeSpan, voiced: list[TimeSpan], text: ChunkText, language: str,

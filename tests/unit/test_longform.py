@@ -8,10 +8,18 @@ import asyncio
 import numpy as np
 
 from tests.unit.test_pipeline import AUDIO, RATE, Events, FakeAligner, FakeDiarizer
-from whisperx_service.longform import is_suspect, probe_indices, text_units, vote_language, windows
+from whisperx_service.longform import is_suspect, spread_indices, text_units, vote_language, windows
 from whisperx_service.params import PER_SEGMENT, TranscribeParams
 from whisperx_service.pipeline import Pipeline
-from whisperx_service.schema import AsrPlan, ChunkJob, ChunkText, LanguageProbability, TimeSpan, Word
+from whisperx_service.schema import (
+    AsrPlan,
+    ChunkJob,
+    ChunkText,
+    LanguageDetection,
+    LanguageProbability,
+    TimeSpan,
+    Word,
+)
 
 CHUNKS = [TimeSpan(start=0.5, end=4.0), TimeSpan(start=5.0, end=9.0), TimeSpan(start=10.0, end=11.5)]
 
@@ -24,6 +32,7 @@ class ScriptedASR:
                  pieces: list[list[TimeSpan]] | None = None) -> None:
         self.heard, self.said, self.pieces = heard, said, pieces or []
         self.jobs: list[ChunkJob] = []
+        self.detected: list[float] = []
 
     async def plan(self, *, audio: np.ndarray, request_id: str | None = None) -> AsrPlan:
         return AsrPlan(chunks=CHUNKS, pieces=self.pieces, multilingual=True, model="fake-whisper:1")
@@ -43,8 +52,15 @@ class ScriptedASR:
                           language_probability=None if job.language else p,
                           languages=[] if job.language else ranked)]
 
-    async def detect_language(self, *, audio: np.ndarray, top_k: int = 5) -> object:
-        raise AssertionError("not used")
+    async def detect_language(self, *, audio: np.ndarray, top_k: int = 5) -> LanguageDetection:
+        # the window is told by its length (each chunk here is one window of its own length)
+        seconds = round(audio.shape[0] / RATE, 3)
+        offset = next(c.start for c in CHUNKS if round(c.end - c.start, 3) == seconds)
+        self.detected.append(offset)
+        heard, p = self.heard.get(offset, ("en", 0.9))
+        other = "en" if heard != "en" else "de"
+        return LanguageDetection(language=heard, probability=p, alternatives=[
+            LanguageProbability(language=heard, probability=p), LanguageProbability(language=other, probability=round(1 - p, 4))])
 
 
 def _run(asr: ScriptedASR, params: TranscribeParams | None = None) -> object:
@@ -54,18 +70,18 @@ def _run(asr: ScriptedASR, params: TranscribeParams | None = None) -> object:
 
 
 def test_a_noisy_opening_does_not_decide_the_language() -> None:
-    # The opening chunk sounds German (crosstalk), the next one clearly English: English wins,
-    # and the opening is decoded again in English.
-    asr = ScriptedASR({0.5: ("de", 0.6), 5.0: ("en", 0.97)}, {})
+    # The opening sounds German (crosstalk), the rest clearly English: English wins, and every
+    # chunk, the opening included, is decoded in English.
+    asr = ScriptedASR({0.5: ("de", 0.6), 5.0: ("en", 0.97), 10.0: ("en", 0.9)}, {})
     response = _run(asr)
     assert response.language == "en"  # type: ignore[attr-defined]
+    assert sorted(asr.detected) == [0.5, 5.0, 10.0]  # windows over the whole recording
     detection = response.language_detection  # type: ignore[attr-defined]
-    assert detection.source == "detected" and detection.chunks == 2 and detection.speech_seconds == 7.5
-    # (3.5 s * 0.4 + 4 s * 0.97) / 7.5 s of speech
-    assert detection.probability == round((3.5 * 0.4 + 4 * 0.97) / 7.5, 4)
+    assert detection.source == "detected" and detection.chunks == 3 and detection.speech_seconds == 9.0
+    # (3.5 s * 0.4 + 4 s * 0.97 + 1.5 s * 0.9) / 9 s of speech
+    assert detection.probability == round((3.5 * 0.4 + 4 * 0.97 + 1.5 * 0.9) / 9.0, 4)
     assert [a.language for a in detection.alternatives] == ["en", "de"]
-    redone = [job for job in asr.jobs if job.offset == 0.5 and job.language == "en"]
-    assert len(redone) == 1
+    assert [job.language for job in asr.jobs] == ["en", "en", "en"]
     texts = [s.text for s in response.segments]  # type: ignore[attr-defined]
     assert texts == ["en words said at 0.5.", "en words said at 5.0.", "en words said at 10.0."]
     assert all(s.language is None for s in response.segments)  # type: ignore[attr-defined]
@@ -111,7 +127,7 @@ def test_chunks_with_enough_text_are_not_decoded_again() -> None:
 
 
 def test_rules() -> None:
-    assert probe_indices(1, 4) == [0] and probe_indices(3, 4) == [0, 1] and probe_indices(40, 4) == [0, 1, 2, 3]
+    assert spread_indices(3, 12) == [0, 1, 2] and spread_indices(40, 4) == [0, 13, 26, 39]
     assert text_units("首先说一下，刚刚", "zh") == 7 and text_units("Hello, my friends.", "en") == 3
     assert vote_language([]) is None
     pieces = [TimeSpan(start=0.0, end=12.0)]
