@@ -66,6 +66,8 @@ logger = logging.getLogger("whisperx_service.pipeline")
 T = TypeVar("T")
 
 RUNNER_CALL_ATTEMPTS = 3
+# language_mode=per_segment: a window detected less surely than this takes the recording's language
+PER_SEGMENT_MIN_PROBABILITY = 0.5
 
 
 class AsrRunner(Protocol):
@@ -241,7 +243,8 @@ class Pipeline:
         over the whole recording (`language_probes` of them, <= 10 s each) are detected first,
         and their language distributions, weighted by their seconds, vote the recording's
         language (`longform.vote_language`), in which every chunk is decoded. With
-        language_mode=per_segment every chunk keeps the language detected on it.
+        language_mode=per_segment every window is detected and each chunk is cut where its
+        windows' languages change, each part decoded and labelled in its own language.
         A chunk whose text is far too short for its speech is decoded again in smaller windows
         (`longform.is_suspect`); speech still without text is reported in `warnings`.
         `on_chunk` gets the audio seconds transcribed so far, `on_segment` each chunk's text
@@ -254,7 +257,7 @@ class Pipeline:
             decision = LanguageDecision(language="en", probability=1.0, source="model")
         per_segment = decision is None and params.language_mode == PER_SEGMENT
         in_flight = asyncio.Semaphore(self.limits.chunks_in_flight)
-        done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
+        done = 0.0
         total = audio.shape[0] / SAMPLE_RATE
         pieces = plan.pieces if len(plan.pieces) == len(plan.chunks) else [[c] for c in plan.chunks]
         warnings: list[TranscriptWarning] = []
@@ -275,13 +278,12 @@ class Pipeline:
             return AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
                               words=text.words, language=text.language if per_segment else None)
 
-        async def settle(index: int, first: ChunkText | None, language: str | None) -> list[AsrSegment]:
-            """One chunk decoded (again, when its first decode was in another language) and
-            checked for drops; its segments are handed on as soon as they are settled."""
+        async def settle(span: TimeSpan, voiced: list[TimeSpan], language: str | None,
+                         first: ChunkText | None) -> list[AsrSegment]:
+            """One span decoded (unless `first` already is, in its language) and checked for
+            drops; its segments are handed on as soon as they are settled."""
             nonlocal done
-            span, voiced = plan.chunks[index], pieces[index]
-            text = first if first is not None and (language is None or first.language == language) \
-                else await decode(span, language)
+            text = first if first is not None else await decode(span, language)
             spoken = text.language or language or ""
             segments = [segment_of(span, text)]
             if self.limits.redecode_suspect_chunks and is_suspect(text.text, spoken, voiced, text.words):
@@ -295,22 +297,36 @@ class Pipeline:
                     on_segment(segment, segment.language or spoken)
             return segments
 
-        first: dict[int, ChunkText] = {}
-        if decision is None and len(plan.chunks) == 1:
+        work: list[tuple[TimeSpan, list[TimeSpan], str | None, ChunkText | None]] = []
+        if decision is None and per_segment and plan.chunks:
+            decision, work = await self._per_segment_plan(audio, plan.chunks, pieces)
+        elif decision is None and len(plan.chunks) == 1:
             # One chunk: detected on its own encoder output while it is decoded, as before.
-            first[0] = await decode(plan.chunks[0], None)
-            decision = vote_language([(voiced_seconds(pieces[0]), first[0].languages or _top(first[0]))])
+            first = await decode(plan.chunks[0], None)
+            decision = vote_language([(voiced_seconds(pieces[0]), first.languages or _top(first))])
+            work = [(plan.chunks[0], pieces[0], first.language, first)]
         elif decision is None and plan.chunks:
             decision = await self._vote_language(audio, plan.chunks, pieces)
         if decision is not None and per_segment:
             decision = decision.model_copy(update={"mode": PER_SEGMENT})
-        language = None if per_segment or decision is None else decision.language
-        settled = await asyncio.gather(*(settle(i, first.get(i), language) for i in range(len(plan.chunks))))
+        if not work:
+            language = decision.language if decision is not None else None
+            work = [(chunk, voiced, language, None) for chunk, voiced in zip(plan.chunks, pieces, strict=True)]
+        speech = sum(span.end - span.start for span, *_ in work) or 1.0
+        settled = await asyncio.gather(*(settle(*item) for item in work))
         segments = [segment for chunk in settled for segment in chunk]
         return AsrResult(segments=segments, language=decision.language if decision else "",
                          language_probability=decision.probability if decision else None,
                          model=plan.model, detection=decision,
                          warnings=sorted(warnings, key=lambda w: w.start))
+
+    async def _detect(self, audio: np.ndarray, spans: list[TimeSpan]) -> list[LanguageDetection]:
+        async def detect(span: TimeSpan) -> LanguageDetection:
+            clip = audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)]
+            raw = await call_runner(lambda: self.asr.detect_language(audio=clip, top_k=5))
+            return LanguageDetection.model_validate(raw)
+
+        return list(await asyncio.gather(*(detect(span) for span in spans)))
 
     async def _vote_language(self, audio: np.ndarray, chunks: list[TimeSpan],
                              pieces: list[list[TimeSpan]]) -> LanguageDecision | None:
@@ -322,16 +338,31 @@ class Pipeline:
         spread = [w for chunk, voiced in zip(chunks, pieces, strict=True)
                   for w in windows(voiced, chunk, DETECT_WINDOW_S, halve=False)]
         chosen = [spread[i] for i in spread_indices(len(spread), self.limits.language_probes)]
+        return vote_language(_votes(chosen, await self._detect(audio, chosen)))
 
-        async def detect(span: TimeSpan) -> LanguageDetection:
-            clip = audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)]
-            raw = await call_runner(lambda: self.asr.detect_language(audio=clip, top_k=5))
-            return LanguageDetection.model_validate(raw)
-
-        found = await asyncio.gather(*(detect(span) for span in chosen))
-        return vote_language([(span.end - span.start, detection.alternatives or [LanguageProbability(
-            language=detection.language, probability=detection.probability)])
-            for span, detection in zip(chosen, found, strict=True)])
+    async def _per_segment_plan(
+        self, audio: np.ndarray, chunks: list[TimeSpan], pieces: list[list[TimeSpan]],
+    ) -> tuple[LanguageDecision | None, list[tuple[TimeSpan, list[TimeSpan], str | None, ChunkText | None]]]:
+        """language_mode=per_segment: every window of voiced speech (<= 10 s) detected; each
+        chunk cut where its windows' languages change, each part decoded in its language (a
+        window detected with less than PER_SEGMENT_MIN_PROBABILITY takes the recording's)."""
+        spread = [(index, w) for index, (chunk, voiced) in enumerate(zip(chunks, pieces, strict=True))
+                  for w in windows(voiced, chunk, DETECT_WINDOW_S, halve=False)]
+        found = await self._detect(audio, [w for _, w in spread])
+        decision = vote_language(_votes([w for _, w in spread], found))
+        fallback = decision.language if decision is not None else None
+        parts: list[tuple[int, TimeSpan, str | None]] = []
+        for (index, window), detection in zip(spread, found, strict=True):
+            language = detection.language if detection.probability >= PER_SEGMENT_MIN_PROBABILITY else fallback
+            if parts and parts[-1][0] == index and parts[-1][2] == language:
+                parts[-1] = (index, TimeSpan(start=parts[-1][1].start, end=window.end), language)
+            else:
+                parts.append((index, window, language))
+        work: list[tuple[TimeSpan, list[TimeSpan], str | None, ChunkText | None]] = [
+            (span, [TimeSpan(start=max(p.start, span.start), end=min(p.end, span.end))
+                    for p in pieces[index] if p.end > span.start and p.start < span.end] or [span],
+             language, None) for index, span, language in parts]
+        return decision, work
 
     async def _redecode(
         self, span: TimeSpan, voiced: list[TimeSpan], text: ChunkText, language: str,
@@ -413,6 +444,13 @@ def _shifted(segment: Segment, offset: float) -> Segment:
     return segment.model_copy(update={
         "start": round(segment.start + offset, 3), "end": round(segment.end + offset, 3),
         "words": [w.model_copy(update={"start": at(w.start), "end": at(w.end)}) for w in segment.words]})
+
+
+def _votes(spans: list[TimeSpan], found: list[LanguageDetection]) -> list[tuple[float, list[LanguageProbability]]]:
+    """(seconds, ranked languages) of each detected window, for `vote_language`."""
+    return [(span.end - span.start, detection.alternatives or [LanguageProbability(
+        language=detection.language, probability=detection.probability)])
+        for span, detection in zip(spans, found, strict=True)]
 
 
 def _top(text: ChunkText) -> list[LanguageProbability]:

@@ -95,15 +95,17 @@ def test_a_given_language_always_wins() -> None:
 
 
 def test_per_segment_mode_labels_each_segment_with_its_language() -> None:
-    asr = ScriptedASR({0.5: ("zh", 0.9), 5.0: ("en", 0.95), 10.0: ("zh", 0.8)},
+    asr = ScriptedASR({0.5: ("zh", 0.9), 5.0: ("en", 0.95), 10.0: ("zh", 0.95)},
                       {(0.5, 4.0): "我们 先 看 一下 这个 项目 的 进度 然后 再 说", (10.0, 11.5): "好的 谢谢"})
     response = _run(asr, TranscribeParams(language_mode=PER_SEGMENT))
-    assert {job.language for job in asr.jobs} == {None}  # every chunk detected on its own
+    assert sorted(asr.detected) == [0.5, 5.0, 10.0]  # every window detected
+    assert [job.language for job in asr.jobs] == ["zh", "en", "zh"]  # each decoded in its own
     segments = response.segments  # type: ignore[attr-defined]
     assert [s.language for s in segments] == ["zh", "en", "zh"]
     assert segments[0].text == "我们先看一下这个项目的进度然后再说"  # no space between CJK characters
     assert segments[1].text == "en words said at 5.0."
     assert response.language_detection.mode == PER_SEGMENT  # type: ignore[attr-defined]
+    assert response.language == "zh"  # type: ignore[attr-defined]  # 5 s of Mandarin against 4 of English
 
 
 def test_a_chunk_short_of_text_is_decoded_again_in_pieces_and_the_rest_reported() -> None:
