@@ -125,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="whisper-base")
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--arms", nargs="*", default=None, help="before, after, after/per_segment (default: all)")
     parser.add_argument("--out", default=None, help="write every response as JSON into this folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -148,6 +149,8 @@ def main() -> None:
         comp = comps[name]
         en_alone, zh_alone = share(recall_alone(comp, cache, "en")), share(recall_alone(comp, cache, "zh"))
         for arm, (limits, mode) in arms.items():
+            if args.arms and arm not in args.arms:
+                continue
             given = first_chunk_language(asr, comp.audio) if arm == "before" else None
             response, seconds = transcribe(asr, comp.audio, limits, mode, given)
             words = words_of(response)

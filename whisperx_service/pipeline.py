@@ -207,7 +207,7 @@ class Pipeline:
                     on_chunk=progress.transcribed if progress is not None else None))
                 if progress is not None:
                     progress.stage("align")
-                return (asr, *await self._timed_words(asr, aligning))
+                return (asr, *await self._timed_words(asr, aligning, aligned))
             finally:
                 for task in aligning:
                     task.cancel()
@@ -415,18 +415,30 @@ class Pipeline:
         job = AlignJob(audio=audio[first:last], segments=[local], language=language, request_id=request_id)
         (raw,) = await call_runner(lambda: self.aligner.align([job]))
         result = AlignResult.model_validate(raw)
-        return [_shifted(s, offset) for s in result.segments], result.model
+        return [_shifted(s, offset).model_copy(update={"language": segment.language}) for s in result.segments], \
+            result.model
 
     async def _timed_words(
-        self, asr: AsrResult, aligning: list[asyncio.Future[tuple[list[Segment], str]]],
+        self, asr: AsrResult, aligning: list[asyncio.Future[tuple[list[Segment], str]]], aligned: list[str],
     ) -> tuple[list[Segment], AlignmentInfo]:
         if not asr.segments:
             return [], AlignmentInfo(method=WordTimestampMethod.none, note="no speech found")
+        # language_mode=per_segment may hold parts in aligned languages and parts in others:
+        # Whisper's own timings for the latter (the one word-timing rule, part by part).
+        whisper_timed = [s for seg in asr.segments
+                         if word_timing_method(seg.language or asr.language, aligned) is WordTimestampMethod.whisper
+                         for s in sentences_from_whisper_words(seg, asr.language)]
         if aligning:
             results = await asyncio.gather(*aligning)
-            segments = sorted((s for chunk, _ in results for s in chunk), key=lambda s: (s.start, s.end))
-            return segments, AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=results[0][1])
-        segments = [s for seg in asr.segments for s in sentences_from_whisper_words(seg, asr.language)]
+            segments = sorted([*(s for chunk, _ in results for s in chunk), *whisper_timed],
+                              key=lambda s: (s.start, s.end))
+            note = None
+            if whisper_timed:
+                others = sorted({s.language or asr.language for s in whisper_timed})
+                note = f"no wav2vec2 alignment model for {', '.join(others)}: those segments' word " \
+                       "timestamps come from Whisper's cross-attention"
+            return segments, AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=results[0][1], note=note)
+        segments = whisper_timed
         return segments, AlignmentInfo(
             method=WordTimestampMethod.whisper, model=asr.model,
             note=f"no wav2vec2 alignment model for {asr.language!r}: "

@@ -139,3 +139,13 @@ def test_rules() -> None:
     assert is_suspect("hi", "en", two, word)  # 2.5 s voiced piece with no word on it
     cut = windows([TimeSpan(start=0.0, end=25.0), TimeSpan(start=26.0, end=28.0)], TimeSpan(start=0.0, end=28.0))
     assert all(w.end - w.start <= 10.0 for w in cut) and cut[0].start == 0.0 and cut[-1].end == 28.0
+
+
+def test_per_segment_languages_survive_wav2vec2_alignment() -> None:
+    events = Events()
+    asr = ScriptedASR({0.5: ("zh", 0.9), 5.0: ("en", 0.95), 10.0: ("zh", 0.95)}, {(0.5, 4.0): "我们 先 看", (10.0, 11.5): "好的"})
+    pipeline = Pipeline(asr, FakeAligner(events, ["zh"]), FakeDiarizer(events))
+    response = asyncio.run(pipeline.run(AUDIO, TranscribeParams(language_mode=PER_SEGMENT), request_id="test"))
+    assert events.log.count("align") == 2  # the two Mandarin parts, by the Mandarin aligner
+    assert [(s.language, s.text) for s in response.segments] == [
+        ("zh", "我们先看"), ("en", "en words said at 5.0."), ("zh", "好的")]
