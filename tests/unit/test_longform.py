@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from tests.unit.test_pipeline import AUDIO, RATE, Events, FakeAligner, FakeDiarizer
 from whisperx_service.longform import is_suspect, spread_indices, text_units, vote_language, windows
@@ -149,3 +150,19 @@ def test_per_segment_languages_survive_wav2vec2_alignment() -> None:
     assert events.log.count("align") == 2  # the two Mandarin parts, by the Mandarin aligner
     assert [(s.language, s.text) for s in response.segments] == [
         ("zh", "我们先看"), ("en", "en words said at 5.0."), ("zh", "好的")]
+
+
+def test_language_mode_parameter() -> None:
+    from whisperx_service.errors import InvalidParameter
+    from whisperx_service.params import RECORDING, parse_openai_params, parse_transcribe_params
+
+    limits = {"max_speakers_limit": 32, "default_zh_script": "simplified"}
+    assert parse_transcribe_params({}, {}, **limits).language_mode == RECORDING  # type: ignore[arg-type]
+    assert parse_transcribe_params({"language_mode": "per_segment"}, {}, **limits).language_mode == PER_SEGMENT  # type: ignore[arg-type]
+    assert parse_transcribe_params({}, {"language_mode": "Per-Segment"}, **limits).language_mode == PER_SEGMENT  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameter) as refused:
+        parse_transcribe_params({"language_mode": "sometimes"}, {}, **limits)  # type: ignore[arg-type]
+    assert refused.value.param == "language_mode" and refused.value.status_code == 422
+    openai = parse_openai_params({"language_mode": "per_segment"}, [], task="transcribe",
+                                 served_models={"whisper-1": "whisper-base"}, **limits)  # type: ignore[arg-type]
+    assert openai.transcribe.language_mode == PER_SEGMENT
