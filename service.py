@@ -36,7 +36,9 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         self.pipeline = Pipeline(
             self.asr.to_async, self.aligner.to_async, self.diarizer.to_async,
             PipelineLimits(stage_timeout_s=self.settings.stage_timeout_s,
-                           chunks_in_flight=2 * self.settings.resolved_asr_batch_size()),
+                           chunks_in_flight=2 * self.settings.resolved_asr_batch_size(),
+                           language_probes=self.settings.language_probes,
+                           redecode_suspect_chunks=self.settings.redecode_short_chunks),
         )
         self.metrics = GatewayMetrics()
         self.lifecycle = Lifecycle(max_in_flight=self.settings.max_in_flight,

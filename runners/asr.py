@@ -42,10 +42,11 @@ class ASR:
         """Speech chunks of 16-kHz mono audio (the pipeline decides the language)."""
         with bind_request_id(request_id):
             started = time.perf_counter()
-            chunks = self.whisper.speech_chunks(audio)
+            chunks, pieces = self.whisper.speech_plan(audio)
             logger.info("planned %.1f s: %d chunks in %.2f s", audio.shape[0] / SAMPLE_RATE,
                         len(chunks), time.perf_counter() - started)
-            return AsrPlan(chunks=chunks, multilingual=not self.whisper.english_only, model=self.whisper.model_tag)
+            return AsrPlan(chunks=chunks, pieces=pieces, multilingual=not self.whisper.english_only,
+                           model=self.whisper.model_tag)
 
     # BentoML's batching takes at least 2 per batch: WXS_ASR_BATCH_SIZE=1 leaves a plain API.
     @bentoml.api(batchable=_declared.resolved_asr_batch_size() > 1, batch_dim=(0, 0),

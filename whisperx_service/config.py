@@ -87,6 +87,15 @@ class Settings(BaseSettings):
         "where smaller batches leave it idle).",
     )
     beam_size: int = Field(5, ge=1, description="Whisper beam size.")
+    language_probes: int = Field(
+        12, ge=1, le=64,
+        description="Windows of voiced speech (<= 10 s), spread over a recording, whose detected "
+        "languages vote its language when none is given.",
+    )
+    redecode_short_chunks: bool = Field(
+        True, description="Decode again, in smaller windows of its voiced pieces, a chunk whose text is "
+        "far too short for its speech; what still has no text is reported in the response's warnings.",
+    )
     asr_max_new_tokens: int | None = Field(
         None, ge=1, le=224,
         description="Most tokens decoded per chunk (None: Whisper's own limit, 224).",

@@ -20,6 +20,10 @@ from .schema import UNKNOWN_SPEAKERS, SpeakerCountError, SpeakerCounts
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _TASKS = frozenset({"transcribe", "translate"})
+# language_mode: one language for the whole recording (default), or each chunk its own.
+RECORDING, PER_SEGMENT = "recording", "per_segment"
+_LANGUAGE_MODES = {"recording": RECORDING, "whole": RECORDING, "auto": RECORDING,
+                   "per_segment": PER_SEGMENT, "per-segment": PER_SEGMENT, "segment": PER_SEGMENT}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class TranscribeParams:
     task: str = "transcribe"
     prompt: str | None = None  # Whisper's initial prompt (OpenAI's `prompt`)
     speaker_references: tuple[SpeakerReference, ...] = ()  # names for diarized speakers
+    # recording: one language, decided over the recording; per_segment: each speech chunk
+    # detected and labelled on its own (code-switching). A given `language` wins over both.
+    language_mode: str = RECORDING
 
 
 def _pick(name: str, form: Mapping[str, str | None], query: Mapping[str, str]) -> str | None:
@@ -118,12 +125,17 @@ def parse_transcribe_params(
     task = (_pick("task", form, query) or "transcribe").lower()
     if task not in _TASKS:
         raise InvalidParameter(f"task must be transcribe or translate, got {task[:40]!r}", param="task")
+    mode_raw = (_pick("language_mode", form, query) or RECORDING).lower()
+    if mode_raw not in _LANGUAGE_MODES:
+        raise InvalidParameter(f"language_mode must be recording or per_segment, got {mode_raw[:40]!r}",
+                               param="language_mode")
     return TranscribeParams(
         language=normalize_language(_pick("language", form, query)),
         speakers=speakers,
         diarize=_flag("diarize", _pick("diarize", form, query), True),
         zh_script=script,
         task=task,
+        language_mode=_LANGUAGE_MODES[mode_raw],
     )
 
 
@@ -222,7 +234,7 @@ def parse_openai_params(
     speaker_fields = ("num_speakers", "min_speakers", "max_speakers")
     diarize = response_format == "diarized_json" or any(_pick(f, form, empty) for f in speaker_fields)
     base = parse_transcribe_params(
-        {**{f: form.get(f) for f in (*speaker_fields, "language")},
+        {**{f: form.get(f) for f in (*speaker_fields, "language", "language_mode")},
          "diarize": "true" if diarize else "false", "task": task},
         empty, max_speakers_limit=max_speakers_limit, default_zh_script=default_zh_script,
     )

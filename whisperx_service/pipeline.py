@@ -24,8 +24,18 @@ from .assemble import sentences_from_whisper_words, word_segments
 from .audio import SAMPLE_RATE
 from .chinese import convert_asr_segments
 from .errors import is_transient_transport_error, map_stage_error
+from .longform import (
+    DETECT_WINDOW_S,
+    is_suspect,
+    spread_indices,
+    text_units,
+    uncovered_pieces,
+    voiced_seconds,
+    vote_language,
+    windows,
+)
 from .naming import KnownSpeaker, cut, match_names, renamed, solo_speech
-from .params import TranscribeParams
+from .params import PER_SEGMENT, TranscribeParams
 from .schema import (
     AlignJob,
     AlignmentInfo,
@@ -37,7 +47,9 @@ from .schema import (
     ChunkText,
     DiarizationInfo,
     DiarizationResult,
+    LanguageDecision,
     LanguageDetection,
+    LanguageProbability,
     Segment,
     SpeakerCounts,
     SpeakerMatch,
@@ -45,15 +57,20 @@ from .schema import (
     StageTiming,
     TimeSpan,
     TranscriptionResponse,
+    TranscriptWarning,
+    Word,
     WordTimestampMethod,
     word_timing_method,
 )
 from .speakers import assign_speakers
+from .text import tidy_text
 
 logger = logging.getLogger("whisperx_service.pipeline")
 T = TypeVar("T")
 
 RUNNER_CALL_ATTEMPTS = 3
+# language_mode=per_segment: a window detected less surely than this takes the recording's language
+PER_SEGMENT_MIN_PROBABILITY = 0.5
 
 
 class AsrRunner(Protocol):
@@ -137,6 +154,8 @@ async def call_runner(call: Callable[[], Awaitable[T]]) -> T:
 class PipelineLimits:
     stage_timeout_s: float = 3600.0
     chunks_in_flight: int = 16  # decode calls one request keeps open (memory, fairness)
+    language_probes: int = 12  # windows of speech, spread over a recording, that vote its language
+    redecode_suspect_chunks: bool = True  # decode again, in smaller windows, chunks short of text
 
 
 class Pipeline:
@@ -193,7 +212,7 @@ class Pipeline:
                     on_chunk=progress.transcribed if progress is not None else None))
                 if progress is not None:
                     progress.stage("align")
-                return (asr, *await self._timed_words(asr, aligning))
+                return (asr, *await self._timed_words(asr, aligning, aligned))
             finally:
                 for task in aligning:
                     task.cancel()
@@ -217,6 +236,7 @@ class Pipeline:
             segments=segments, word_segments=word_segments(segments), language=asr.language,
             language_probability=asr.language_probability, duration=duration, alignment=alignment,
             diarization=diarization, timings=clock.stages, request_id=request_id,
+            language_detection=asr.detection, warnings=asr.warnings,
         )
 
     async def transcribe(
@@ -224,24 +244,34 @@ class Pipeline:
         on_chunk: Callable[[float], None] | None = None,
         on_segment: Callable[[AsrSegment, str], None] | None = None,
     ) -> AsrResult:
-        """ASR's second step: one `decode` call per speech chunk of the plan (the first step).
+        """ASR's second step: `decode` calls over the speech chunks of the plan (the first step).
 
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher.
-        The language rule: a given language wins; an English-only model means English; otherwise
-        the first chunk goes alone, is detected on its own encoder output, and the others follow
-        in its language. `on_chunk` gets the audio seconds transcribed so far, `on_segment` each
-        chunk's text (with its language) as soon as it is decoded.
+        The language rule: a given language wins; an English-only model means English; a single
+        chunk is detected on its own encoder output; otherwise windows of voiced speech spread
+        over the whole recording (`language_probes` of them, <= 10 s each) are detected first,
+        and their language distributions, weighted by their seconds, vote the recording's
+        language (`longform.vote_language`), in which every chunk is decoded. With
+        language_mode=per_segment every window is detected and each chunk is cut where its
+        windows' languages change, each part decoded and labelled in its own language.
+        A chunk whose text is far too short for its speech is decoded again in smaller windows
+        (`longform.is_suspect`); speech still without text is reported in `warnings`.
+        `on_chunk` gets the audio seconds transcribed so far, `on_segment` each chunk's text
+        (with its language) as soon as it is settled.
         """
-        language: str | None = params.language
-        probability: float | None = None
-        if language is None and not plan.multilingual:
-            language, probability = "en", 1.0
+        decision: LanguageDecision | None = None
+        if params.language is not None:
+            decision = LanguageDecision(language=params.language, source="given")
+        elif not plan.multilingual:
+            decision = LanguageDecision(language="en", probability=1.0, source="model")
+        per_segment = decision is None and params.language_mode == PER_SEGMENT
         in_flight = asyncio.Semaphore(self.limits.chunks_in_flight)
-        done, speech = 0.0, sum(span.end - span.start for span in plan.chunks) or 1.0
+        done = 0.0
         total = audio.shape[0] / SAMPLE_RATE
+        pieces = plan.pieces if len(plan.pieces) == len(plan.chunks) else [[c] for c in plan.chunks]
+        warnings: list[TranscriptWarning] = []
 
-        async def decode(span: TimeSpan) -> tuple[AsrSegment, ChunkText]:
-            nonlocal done
+        async def decode(span: TimeSpan, language: str | None) -> ChunkText:
             job = ChunkJob(
                 audio=audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)],
                 offset=span.start, language=language, task=params.task, initial_prompt=params.prompt,
@@ -250,23 +280,130 @@ class Pipeline:
             async with in_flight:
                 (raw,) = await call_runner(lambda: self.asr.decode([job]))
             text = ChunkText.model_validate(raw)
+            spoken = text.language or language or ""
+            return text.model_copy(update={"text": tidy_text(text.text, spoken), "language": spoken})
+
+        def segment_of(span: TimeSpan, text: ChunkText) -> AsrSegment:
+            return AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
+                              words=text.words, language=text.language if per_segment else None)
+
+        async def settle(span: TimeSpan, voiced: list[TimeSpan], language: str | None,
+                         first: ChunkText | None) -> list[AsrSegment]:
+            """One span decoded (unless `first` already is, in its language) and checked for
+            drops; its segments are handed on as soon as they are settled."""
+            nonlocal done
+            text = first if first is not None else await decode(span, language)
+            spoken = text.language or language or ""
+            segments = [segment_of(span, text)]
+            if self.limits.redecode_suspect_chunks and is_suspect(text.text, spoken, voiced, text.words):
+                segments = await self._redecode(span, voiced, text, spoken, decode, segment_of, warnings)
             if on_chunk is not None:  # progress in audio seconds, by the share of speech decoded
                 done += span.end - span.start
                 on_chunk(total * done / speech)
-            segment = AsrSegment(start=span.start, end=span.end, text=text.text,
-                                 avg_logprob=text.avg_logprob, words=text.words)
-            if on_segment is not None and segment.text:
-                on_segment(segment, text.language or language or "")
-            return segment, text
+            segments = [s for s in segments if s.text]
+            if on_segment is not None:
+                for segment in segments:
+                    on_segment(segment, segment.language or spoken)
+            return segments
 
-        decoded: list[tuple[AsrSegment, ChunkText]] = []
-        if language is None and plan.chunks:
-            decoded.append(await decode(plan.chunks[0]))
-            language, probability = decoded[0][1].language, decoded[0][1].language_probability
-        decoded += await asyncio.gather(*(decode(span) for span in plan.chunks[len(decoded):]))
-        segments = [segment for segment, _ in decoded if segment.text]
-        return AsrResult(segments=segments, language=language or "",
-                         language_probability=probability, model=plan.model)
+        work: list[tuple[TimeSpan, list[TimeSpan], str | None, ChunkText | None]] = []
+        if decision is None and per_segment and plan.chunks:
+            decision, work = await self._per_segment_plan(audio, plan.chunks, pieces)
+        elif decision is None and len(plan.chunks) == 1:
+            # One chunk: detected on its own encoder output while it is decoded, as before.
+            first = await decode(plan.chunks[0], None)
+            decision = vote_language([(voiced_seconds(pieces[0]), first.languages or _top(first))])
+            work = [(plan.chunks[0], pieces[0], first.language, first)]
+        elif decision is None and plan.chunks:
+            decision = await self._vote_language(audio, plan.chunks, pieces)
+        if decision is not None and per_segment:
+            decision = decision.model_copy(update={"mode": PER_SEGMENT})
+        if not work:
+            language = decision.language if decision is not None else None
+            work = [(chunk, voiced, language, None) for chunk, voiced in zip(plan.chunks, pieces, strict=True)]
+        speech = sum(span.end - span.start for span, *_ in work) or 1.0
+        settled = await asyncio.gather(*(settle(*item) for item in work))
+        segments = [segment for chunk in settled for segment in chunk]
+        return AsrResult(segments=segments, language=decision.language if decision else "",
+                         language_probability=decision.probability if decision else None,
+                         model=plan.model, detection=decision,
+                         warnings=sorted(warnings, key=lambda w: w.start))
+
+    async def _detect(self, audio: np.ndarray, spans: list[TimeSpan]) -> list[LanguageDetection]:
+        async def detect(span: TimeSpan) -> LanguageDetection:
+            clip = audio[int(span.start * SAMPLE_RATE):int(span.end * SAMPLE_RATE)]
+            raw = await call_runner(lambda: self.asr.detect_language(audio=clip, top_k=5))
+            return LanguageDetection.model_validate(raw)
+
+        return list(await asyncio.gather(*(detect(span) for span in spans)))
+
+    async def _vote_language(self, audio: np.ndarray, chunks: list[TimeSpan],
+                             pieces: list[list[TimeSpan]]) -> LanguageDecision | None:
+        """The language voted by detection windows spread over the recording.
+
+        A 30-s chunk's detection follows whichever voice opens it (a Mandarin sentence at the
+        head of 26 s of English made the chunk Mandarin), so detection runs on windows of voiced
+        pieces (<= 10 s), not chunks."""
+        spread = [w for chunk, voiced in zip(chunks, pieces, strict=True)
+                  for w in windows(voiced, chunk, DETECT_WINDOW_S, halve=False)]
+        chosen = [spread[i] for i in spread_indices(len(spread), self.limits.language_probes)]
+        return vote_language(_votes(chosen, await self._detect(audio, chosen)))
+
+    async def _per_segment_plan(
+        self, audio: np.ndarray, chunks: list[TimeSpan], pieces: list[list[TimeSpan]],
+    ) -> tuple[LanguageDecision | None, list[tuple[TimeSpan, list[TimeSpan], str | None, ChunkText | None]]]:
+        """language_mode=per_segment: every window of voiced speech (<= 10 s) detected; each
+        chunk cut where its windows' languages change, each part decoded in its language (a
+        window detected with less than PER_SEGMENT_MIN_PROBABILITY takes the recording's)."""
+        spread = [(index, w) for index, (chunk, voiced) in enumerate(zip(chunks, pieces, strict=True))
+                  for w in windows(voiced, chunk, DETECT_WINDOW_S, halve=False)]
+        found = await self._detect(audio, [w for _, w in spread])
+        decision = vote_language(_votes([w for _, w in spread], found))
+        fallback = decision.language if decision is not None else None
+        parts: list[tuple[int, TimeSpan, str | None]] = []
+        for (index, window), detection in zip(spread, found, strict=True):
+            language = detection.language if detection.probability >= PER_SEGMENT_MIN_PROBABILITY else fallback
+            if parts and parts[-1][0] == index and parts[-1][2] == language:
+                parts[-1] = (index, TimeSpan(start=parts[-1][1].start, end=window.end), language)
+            else:
+                parts.append((index, window, language))
+        work: list[tuple[TimeSpan, list[TimeSpan], str | None, ChunkText | None]] = [
+            (span, [TimeSpan(start=max(p.start, span.start), end=min(p.end, span.end))
+                    for p in pieces[index] if p.end > span.start and p.start < span.end] or [span],
+             language, None) for index, span, language in parts]
+        return decision, work
+
+    async def _redecode(
+        self, span: TimeSpan, voiced: list[TimeSpan], text: ChunkText, language: str,
+        decode: Callable[[TimeSpan, str | None], Awaitable[ChunkText]],
+        segment_of: Callable[[TimeSpan, ChunkText], AsrSegment], warnings: list[TranscriptWarning],
+    ) -> list[AsrSegment]:
+        """A suspect chunk decoded again in windows of its voiced pieces (<= 10 s); kept when that
+        gives more text. Voiced pieces still without text become warnings."""
+        parts = windows(voiced, span)
+        texts = await asyncio.gather(*(decode(part, language) for part in parts))
+        units = text_units(text.text, language)
+        retried = sum(text_units(t.text, language) for t in texts)
+        logger.info("chunk %.1f-%.1f s: %d text units for %.1f voiced s; again in %d windows: %d",
+                    span.start, span.end, units, voiced_seconds(voiced), len(parts), retried)
+        if retried > units:
+            segments = [segment_of(part, t) for part, t in zip(parts, texts, strict=True)]
+            words: list[Word] | None = [w for t in texts for w in t.words or []]
+            if any(t.words is None for t in texts):
+                words = None
+            missing = [part for part, t in zip(parts, texts, strict=True) if not t.text]
+        else:
+            segments, words = [segment_of(span, text)], text.words
+            missing = [] if text.text else list(parts)
+        missing += [p for p in uncovered_pieces(voiced, words) if not any(
+            m.start <= p.start and p.end <= m.end for m in missing)]
+        for gap in missing:
+            warnings.append(TranscriptWarning(
+                code="speech_without_text", start=gap.start, end=gap.end,
+                message=f"{gap.end - gap.start:.1f} s of detected speech gave no text, even decoded "
+                        "again in smaller windows (overlapped voices, noise, or a language the model "
+                        "does not know)"))
+        return segments
 
     async def detect_language(self, audio: np.ndarray, top_k: int, clock: StageClock) -> LanguageDetection:
         """The language of the first 30 s (Whisper's one window)."""
@@ -287,18 +424,30 @@ class Pipeline:
         job = AlignJob(audio=audio[first:last], segments=[local], language=language, request_id=request_id)
         (raw,) = await call_runner(lambda: self.aligner.align([job]))
         result = AlignResult.model_validate(raw)
-        return [_shifted(s, offset) for s in result.segments], result.model
+        return [_shifted(s, offset).model_copy(update={"language": segment.language}) for s in result.segments], \
+            result.model
 
     async def _timed_words(
-        self, asr: AsrResult, aligning: list[asyncio.Future[tuple[list[Segment], str]]],
+        self, asr: AsrResult, aligning: list[asyncio.Future[tuple[list[Segment], str]]], aligned: list[str],
     ) -> tuple[list[Segment], AlignmentInfo]:
         if not asr.segments:
             return [], AlignmentInfo(method=WordTimestampMethod.none, note="no speech found")
+        # language_mode=per_segment may hold parts in aligned languages and parts in others:
+        # Whisper's own timings for the latter (the one word-timing rule, part by part).
+        whisper_timed = [s for seg in asr.segments
+                         if word_timing_method(seg.language or asr.language, aligned) is WordTimestampMethod.whisper
+                         for s in sentences_from_whisper_words(seg, asr.language)]
         if aligning:
             results = await asyncio.gather(*aligning)
-            segments = sorted((s for chunk, _ in results for s in chunk), key=lambda s: (s.start, s.end))
-            return segments, AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=results[0][1])
-        segments = [s for seg in asr.segments for s in sentences_from_whisper_words(seg)]
+            segments = sorted([*(s for chunk, _ in results for s in chunk), *whisper_timed],
+                              key=lambda s: (s.start, s.end))
+            note = None
+            if whisper_timed:
+                others = sorted({s.language or asr.language for s in whisper_timed})
+                note = f"no wav2vec2 alignment model for {', '.join(others)}: those segments' word " \
+                       "timestamps come from Whisper's cross-attention"
+            return segments, AlignmentInfo(method=WordTimestampMethod.wav2vec2, model=results[0][1], note=note)
+        segments = whisper_timed
         return segments, AlignmentInfo(
             method=WordTimestampMethod.whisper, model=asr.model,
             note=f"no wav2vec2 alignment model for {asr.language!r}: "
@@ -335,6 +484,20 @@ def _shifted(segment: Segment, offset: float) -> Segment:
     return segment.model_copy(update={
         "start": round(segment.start + offset, 3), "end": round(segment.end + offset, 3),
         "words": [w.model_copy(update={"start": at(w.start), "end": at(w.end)}) for w in segment.words]})
+
+
+def _votes(spans: list[TimeSpan], found: list[LanguageDetection]) -> list[tuple[float, list[LanguageProbability]]]:
+    """(seconds, ranked languages) of each detected window, for `vote_language`."""
+    return [(span.end - span.start, detection.alternatives or [LanguageProbability(
+        language=detection.language, probability=detection.probability)])
+        for span, detection in zip(spans, found, strict=True)]
+
+
+def _top(text: ChunkText) -> list[LanguageProbability]:
+    """A chunk's detection as a distribution, when it carries only its best language."""
+    if not text.language:
+        return []
+    return [LanguageProbability(language=text.language, probability=text.language_probability or 1.0)]
 
 
 async def _gather_both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:

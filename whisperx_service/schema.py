@@ -29,6 +29,8 @@ class Segment(BaseModel):
     speaker: str | None = None
     words: list[Word] = Field(default_factory=list)
     avg_logprob: float | None = None
+    language: str | None = Field(
+        None, description="The segment's own language (language_mode=per_segment only).")
 
 
 class WordTimestampMethod(StrEnum):
@@ -119,6 +121,35 @@ class DiarizationInfo(BaseModel):
         default_factory=list, description="Each known speaker sent, and the speaker its sample matched.")
 
 
+class LanguageProbability(BaseModel):
+    language: str = Field(examples=["en"])
+    probability: float = Field(examples=[0.97])
+
+
+class LanguageDecision(BaseModel):
+    """How the recording's language was decided."""
+
+    language: str = Field(examples=["en"])
+    probability: float | None = Field(None, description="Share of the weighted evidence for it, 0..1.")
+    source: str = Field(description="given (the request named it), model (an English-only model) or "
+                        "detected (voted over speech chunks of the whole recording).", examples=["detected"])
+    mode: str = Field("recording", description="recording: one language for all; per_segment: each "
+                      "chunk decoded and labelled in its own language (language_mode=per_segment).")
+    chunks: int = Field(0, description="Speech chunks whose detection was counted.")
+    speech_seconds: float = Field(0.0, description="Seconds of speech those chunks hold.")
+    alternatives: list[LanguageProbability] = Field(default_factory=list,
+                                                    description="The most likely languages, best first.")
+
+
+class TranscriptWarning(BaseModel):
+    """Something the transcript may miss, with where it is."""
+
+    code: str = Field(examples=["speech_without_text"])
+    start: float
+    end: float
+    message: str
+
+
 class StageTiming(BaseModel):
     start: float = Field(description="Seconds since the request was received.")
     end: float
@@ -138,6 +169,10 @@ class TranscriptionResponse(BaseModel):
         default_factory=dict, description="When each stage ran, relative to the request's arrival."
     )
     request_id: str | None = None
+    language_detection: LanguageDecision | None = Field(
+        None, description="How the language was decided (given, English-only model, or detected).")
+    warnings: list[TranscriptWarning] = Field(
+        default_factory=list, description="Speech the transcript may miss (time ranges), if any.")
 
 
 # --- what runners exchange ----------------------------------------------------------------------
@@ -151,6 +186,7 @@ class AsrSegment(BaseModel):
     words: list[Word] | None = Field(
         None, description="Whisper's own word timings, when the caller asked for them."
     )
+    language: str | None = Field(None, description="Its own language (language_mode=per_segment only).")
 
 
 class TimeSpan(BaseModel):
@@ -162,6 +198,8 @@ class AsrPlan(BaseModel):
     """What the ASR runner's first step finds: speech chunks (<= 30 s), and what its model is."""
 
     chunks: list[TimeSpan]
+    pieces: list[list[TimeSpan]] = Field(
+        default_factory=list, description="Each chunk's voiced pieces (the VAD's segments merged into it).")
     multilingual: bool = Field(description="False for an English-only model (tiny.en...).")
     model: str
 
@@ -189,6 +227,8 @@ class ChunkText(BaseModel):
     words: list[Word] | None = None
     language: str | None = Field(None, description="The language the chunk was decoded in.")
     language_probability: float | None = Field(None, description="Set when it was detected here.")
+    languages: list[LanguageProbability] = Field(
+        default_factory=list, description="When detected here: the most likely languages, best first.")
 
 
 class AsrResult(BaseModel):
@@ -196,6 +236,8 @@ class AsrResult(BaseModel):
     language: str
     language_probability: float | None = None
     model: str
+    detection: LanguageDecision | None = None
+    warnings: list[TranscriptWarning] = Field(default_factory=list)
 
 
 class DiarizationResult(BaseModel):
@@ -303,11 +345,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: str = "list"
     data: list[ModelCard]
-
-
-class LanguageProbability(BaseModel):
-    language: str = Field(examples=["en"])
-    probability: float = Field(examples=[0.97])
 
 
 class LanguageDetection(BaseModel):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
 
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's input window (whisperx.audio.N_SAMPLES)
+LANGUAGES_KEPT = 5  # a detected chunk reports its most likely languages, for the recording's vote
 
 logger = logging.getLogger("whisperx_service.asr")
 
@@ -100,12 +101,19 @@ class WhisperDecoder:
     def speech_chunks(self, audio: np.ndarray) -> list[TimeSpan]:
         """whisperx's VAD + merge_chunks, exactly as its pipeline does before decoding (16-bit PCM
         or float32 samples)."""
+        return self.speech_plan(audio)[0]
+
+    def speech_plan(self, audio: np.ndarray) -> tuple[list[TimeSpan], list[list[TimeSpan]]]:
+        """The speech chunks (as `speech_chunks`) and, for each, the VAD's voiced pieces in it."""
         audio = np.ascontiguousarray(pcm_to_float(audio))
         vad = self.pipeline.vad_model
         params = self.pipeline._vad_params
         segments = vad({"waveform": vad.preprocess_audio(audio), "sample_rate": SAMPLE_RATE})
         merged = vad.merge_chunks(segments, params.get("chunk_size", 30), onset=params["vad_onset"], offset=params["vad_offset"])
-        return [TimeSpan(start=round(s["start"], 3), end=round(s["end"], 3)) for s in merged]
+        chunks = [TimeSpan(start=round(s["start"], 3), end=round(s["end"], 3)) for s in merged]
+        pieces = [[TimeSpan(start=round(float(a), 3), end=round(float(b), 3)) for a, b in s.get("segments", [])]
+                  for s in merged]
+        return chunks, pieces
 
     # --- decoding --------------------------------------------------------------------------------
 
@@ -150,7 +158,8 @@ class WhisperDecoder:
     ) -> list[ChunkText]:
         """Chunks without a language: detect it on the encoder output, then decode with it."""
         encoded = self._encode(batch)
-        ranked = [languages[0] for languages in self._languages_of(encoded[1])]
+        everything = self._languages_of(encoded[1])
+        ranked = [languages[0] for languages in everything]
         out: list[ChunkText | None] = [None] * len(batch)
         for language in dict.fromkeys(lang for lang, _ in ranked):
             part = [i for i, (lang, _) in enumerate(ranked) if lang == language]
@@ -158,7 +167,11 @@ class WhisperDecoder:
             group = encoded if len(part) == len(batch) else self._encode([batch[i] for i in part])
             texts = self._decode_batch([batch[i] for i in part], group, language, task, prompt, aligned)
             for i, text in zip(part, texts, strict=True):
-                out[i] = text.model_copy(update={"language_probability": round(ranked[i][1], 4)})
+                out[i] = text.model_copy(update={
+                    "language_probability": round(ranked[i][1], 4),
+                    "languages": [LanguageProbability(language=lang, probability=round(p, 4))
+                                  for lang, p in everything[i][:LANGUAGES_KEPT]],
+                })
         return [text for text in out if text is not None]
 
     def _decode_batch(

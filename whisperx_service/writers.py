@@ -15,7 +15,6 @@ from typing import Any
 
 from whisperx.utils import (
     LANGUAGES,
-    LANGUAGES_WITHOUT_SPACES,
     ResultWriter,
     SubtitlesWriter,
     WriteSRT,
@@ -37,6 +36,13 @@ from .schema import (
     UsageDuration,
     segments_as_dicts,
 )
+from .text import join_words, spaced_words, tidy_text, unspace_markup
+
+# whisperx's subtitle writers join a cue's words with "" for these languages and " " otherwise;
+# every word is handed over already carrying the space `text.join_words` gives it, so a cue is
+# always built as plain concatenation (the first word of a line is stripped by whisperx).
+_CONCATENATED = "zh"
+_SPACED = "en"
 
 MEDIA_TYPES = {
     "json": "application/json",
@@ -69,7 +75,16 @@ class _BySpeaker(SubtitlesWriter):
 
     def iterate_result(self, result: dict[str, Any], options: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         for run in speaker_runs(result["segments"]):
-            yield from super().iterate_result({**result, "segments": run}, options)
+            words = [w for segment in run for w in segment.get("words", [])]
+            if all(w["word"].startswith(" ") for w in words[1:]):
+                # Spaced text: stripped words joined with " " (whisperx's own widths and cues).
+                run = [{**segment, "words": [{**w, "word": w["word"].strip()} for w in segment["words"]]}
+                       if "words" in segment else segment for segment in run]
+                yield from super().iterate_result({**result, "segments": run, "language": _SPACED}, options)
+                continue
+            # Some words join without a space: concatenated, each carrying its own space.
+            for start, end, text in super().iterate_result({**result, "segments": run}, options):
+                yield start, end, unspace_markup(text)
 
 
 class _SRT(_BySpeaker, WriteSRT):
@@ -93,15 +108,24 @@ def whisperx_result(response: TranscriptionResponse) -> dict[str, Any]:
     """The dict whisperx's writers read: segments (words with times, speakers), language.
 
     whisperx cues on words when the first segment has a ``words`` key; a segment without timed
-    words would lose its text there, so then every segment is written whole instead.
+    words would lose its text there, so then every segment is written whole instead. Text and
+    words are spaced by the one joining rule (`text.py`), the segment's own language first.
     """
     segments = segments_as_dicts(response.segments)
+    previous = ""  # a cue may run on from one segment into the next
     for segment in segments:
-        segment["words"] = [w for w in segment.get("words", []) if "start" in w and "end" in w]
+        language = segment.get("language") or response.language
+        segment["text"] = tidy_text(segment["text"], language)
+        timed = [w for w in segment.get("words", []) if "start" in w and "end" in w]
+        for word, spaced in zip(timed, spaced_words([w["word"] for w in timed], language, previous,
+                                                    segment["text"]), strict=True):
+            word["word"] = spaced
+            previous = spaced.strip() or previous
+        segment["words"] = timed
     if not all(segment["words"] for segment in segments):
         for segment in segments:
             segment.pop("words", None)
-    return {"segments": segments, "language": response.language}
+    return {"segments": segments, "language": _CONCATENATED}
 
 
 def write_with_whisperx(response: TranscriptionResponse, fmt: str, options: SubtitleOptions) -> str:
@@ -113,8 +137,9 @@ def write_with_whisperx(response: TranscriptionResponse, fmt: str, options: Subt
 
 
 def full_text(response: TranscriptionResponse) -> str:
-    joiner = "" if response.language in LANGUAGES_WITHOUT_SPACES else " "
-    return joiner.join(s.text.strip() for s in response.segments if s.text.strip())
+    """The whole transcript: segment texts joined by the language rule (`text.join_words`)."""
+    return join_words((tidy_text(s.text, s.language or response.language) for s in response.segments),
+                      response.language)
 
 
 def render_transcribe(response: TranscriptionResponse, fmt: str, options: SubtitleOptions) -> Rendered:

@@ -21,6 +21,8 @@ from whisperx_service.schema import (
     ChunkJob,
     ChunkText,
     DiarizationResult,
+    LanguageDetection,
+    LanguageProbability,
     Segment,
     SpeakerCounts,
     SpeakerTurn,
@@ -76,7 +78,9 @@ class FakeASR:
                           language_probability=None if job.language else 0.9)]
 
     async def detect_language(self, *, audio: np.ndarray, top_k: int = 5) -> Any:
-        raise AssertionError("not used")
+        self.events("detect")
+        return LanguageDetection(language=self.detected, probability=0.9,
+                                 alternatives=[LanguageProbability(language=self.detected, probability=0.9)])
 
 
 class FakeAligner:
@@ -188,11 +192,13 @@ def test_the_language_rule() -> None:
     asr = FakeASR(events)
     run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)), TranscribeParams(language="zh"))
     assert {job.language for job in asr.jobs} == {"zh"}
-    # None: the first chunk alone, detected; the others follow in its language.
+    # None: windows of speech over the whole recording detected, their vote decides; every chunk
+    # is decoded in the recording's language.
     asr = FakeASR(events, detected="de")
     response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))
-    assert [job.language for job in asr.jobs] == [None, "de", "de"]
+    assert [job.language for job in asr.jobs] == ["de", "de", "de"]
     assert response.language == "de" and response.language_probability == 0.9
+    assert response.language_detection.source == "detected" and response.language_detection.chunks == 3
     # An English-only model: English, never detected.
     asr = FakeASR(events, multilingual=False)
     response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))

@@ -122,7 +122,8 @@ def test_openai_shapes() -> None:
 
 def test_chinese_text_joins_without_spaces() -> None:
     zh = _response([_segment(0.0, ["甚至", "出现"], None), _segment(2.0, ["交易"], None)], language="zh")
-    assert full_text(zh) == "甚至 出现交易"  # segment text kept; segments joined without a space
+    # Words joined by the language rule: no space between two CJK characters, ever (text.py).
+    assert full_text(zh) == "甚至出现交易"
 
 
 def test_speaker_letters_beyond_z() -> None:

@@ -117,6 +117,8 @@ class TranscriptionForm(TranslationForm, SpeakerFields, SubtitleFields):
     """The fields of /v1/audio/transcriptions: OpenAI's, plus (extras) speaker counts and subtitle options."""
 
     language: str | None = form_field("ISO-639-1 code of the speech; detected when absent.", "en")
+    language_mode: str | None = form_field(
+        "recording (default) or per_segment (each speech chunk in its own language).", "recording")
     timestamp_granularities: list[str] | None = Field(
         None, alias="timestamp_granularities[]", description="word and/or segment (verbose_json); default segment.",
         examples=[["word", "segment"]])

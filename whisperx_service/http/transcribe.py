@@ -31,6 +31,9 @@ class TranscribeForm(SpeakerFields, SubtitleFields):
 
     audio_file: UploadFile | None = upload_field()
     language: str | None = form_field("Language code or name (en, zh...); detected when absent.", "en")
+    language_mode: str | None = form_field(
+        "recording (default): one language, decided over the recording; per_segment: each speech "
+        "chunk detected and labelled on its own (code-switching). A given language wins.", "recording")
     diarize: str | None = form_field("false skips speaker diarization.", "true")
     zh_script: str | None = form_field("simplified, traditional or original.", "simplified")
     task: str | None = form_field("transcribe (default) or translate.", "transcribe")
