@@ -31,6 +31,8 @@ SHAPES = {
     "tiny": WhisperShape(layers=4, heads=6, width=384, n_mels=80),
     "base": WhisperShape(layers=6, heads=8, width=512, n_mels=80),
     "large-v3": WhisperShape(layers=32, heads=20, width=1280, n_mels=128),
+    # large-v3's input (128 mel bins) at tiny's size: every file of the layout, cheap to serve
+    "tiny-128": WhisperShape(layers=4, heads=6, width=384, n_mels=128),
 }
 
 

@@ -200,7 +200,7 @@ class Pipeline:
             found = DiarizationResult.model_validate(raw_turns)
             with clock.timed("assign"):
                 segments = assign_speakers(segments, found.turns)
-            diarization = DiarizationInfo(enabled=True, backend=found.backend,
+            diarization = DiarizationInfo(enabled=True, backend=found.backend, model=found.model,
                                           num_speakers=found.num_speakers, speaker_turns=found.turns)
         else:
             asr, segments, alignment = await words()

@@ -103,7 +103,9 @@ def _resolve_local(value: Any, model_dir: Path, fallback: str) -> Any:
     candidates = [model_dir / value, model_dir / Path(value).name, model_dir / fallback]
     for candidate in candidates:
         if candidate.exists():
-            return str(candidate.resolve())
+            # a mapping, as pyannote expands `$model/...`: a plain string containing "wespeaker"
+            # would be taken for the ONNX WeSpeaker model of that name
+            return {"checkpoint": str(candidate.resolve())}
     raise FileNotFoundError(
         f"{model_dir}/config.yaml names {value!r}, which is not a local path under the directory "
         f"(tried {', '.join(str(c) for c in candidates)}); download it there, nothing is fetched"
@@ -111,7 +113,8 @@ def _resolve_local(value: Any, model_dir: Path, fallback: str) -> Any:
 
 
 def _load_production_pipeline(model_dir: Path) -> Any:
-    """A user-provided pyannote pipeline directory (best effort, offline)."""
+    """A user-provided pyannote pipeline directory as `python -m models` stores it (offline; its
+    sub-models are in it, checked at import: models/pyannote_dir.py)."""
     from pyannote.audio import Pipeline
     from pyannote.audio.core.pipeline import expand_subfolders
 
