@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .sources import ImportRefused
+from .dirs import ImportRefused, copy_tree, require
 
 # slot in the pipeline's params -> (files needed, pyannote.audio module the checkpoint's class is from)
 _SLOTS: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -60,19 +60,17 @@ def _check_slot(slot: str, folder: Path, label: str) -> None:
         if not found_module.startswith(module):
             raise ImportRefused(
                 f"pyannote pipeline: the {slot} model {label} is a {found_module}.{found_class}, "
-                f"not a {slot} model ({module}.*)")
+                f"not a model for its {slot} slot ({module}.*)")
 
 
 def assemble_pipeline_dir(src: Path, dest: Path, find_model: Callable[[str], Path | None] | None = None) -> None:
     """Copy the pipeline at `src` into `dest` with every sub-model it names, checked and loaded once."""
-    from .sources import _copy_tree, _require
-
-    _require(src, "pyannote pipeline", ("config.yaml",))
+    require(src, "pyannote pipeline", ("config.yaml",))
     config = yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {}
     params: dict[str, Any] = (config.get("pipeline") or {}).get("params") or {}
     if not params:
         raise ImportRefused(f"pyannote pipeline: {src}/config.yaml has no pipeline.params")
-    _copy_tree(src, dest)
+    copy_tree(src, dest)
     for slot in _SLOTS:
         value = params.get(slot)
         if value is None:
@@ -100,7 +98,7 @@ def assemble_pipeline_dir(src: Path, dest: Path, find_model: Callable[[str], Pat
         target = dest / value
         if local[0].resolve() != target.resolve():
             shutil.rmtree(target, ignore_errors=True)
-            _copy_tree(local[0], target)
+            copy_tree(local[0], target)
     _load_once(dest)
 
 

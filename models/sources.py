@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
+from .dirs import ImportRefused, copy_tree, require
 
 logger = logging.getLogger(__name__)
 
@@ -153,24 +154,6 @@ def prepare_defaults(names: Iterable[str] | None = None) -> list[str]:
     return tags
 
 
-class ImportRefused(ValueError):
-    """A directory that cannot be imported as it is: the message names the missing piece."""
-
-
-def _copy_tree(src: Path, dest: Path) -> None:
-    """Copy `src` into `dest`, following symlinks (a Hugging Face cache snapshot is symlinks to blobs)."""
-    shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git*", ".cache"))
-
-
-def _require(src: Path, what: str, *groups: tuple[str, ...]) -> None:
-    """Each group of file names needs one present in `src`, else `ImportRefused` naming them."""
-    if not src.is_dir():
-        raise ImportRefused(f"{what}: {src} is not a directory")
-    missing = [" or ".join(group) for group in groups if not any((src / name).is_file() for name in group)]
-    if missing:
-        raise ImportRefused(f"{what}: {src} lacks {', '.join(missing)}")
-
-
 def check_whisper_dir(src: Path) -> None:
     """A faster-whisper (CTranslate2) directory CTranslate2 opens, with the mel bins it was trained on."""
     import json
@@ -178,7 +161,7 @@ def check_whisper_dir(src: Path) -> None:
     import ctranslate2
 
     what = "faster-whisper model"
-    _require(src, what, ("model.bin",), ("config.json",), ("tokenizer.json",),
+    require(src, what, ("model.bin",), ("config.json",), ("tokenizer.json",),
               ("vocabulary.json", "vocabulary.txt"))
     try:
         model = ctranslate2.models.Whisper(str(src), device="cpu", compute_type="int8")
@@ -202,7 +185,7 @@ def check_alignment_dir(src: Path) -> None:
     import json
 
     what = "wav2vec2 alignment model"
-    _require(src, what, ("config.json",), ("vocab.json",), ("model.safetensors", "pytorch_model.bin"),
+    require(src, what, ("config.json",), ("vocab.json",), ("model.safetensors", "pytorch_model.bin"),
              ("preprocessor_config.json",))
     config = json.loads((src / "config.json").read_text())
     architectures = config.get("architectures") or []
@@ -226,7 +209,7 @@ def import_whisper(name: str, path: Path, *, licence: str = WHISPER_LICENCE, sou
 
     def build(dest: Path) -> None:
         check_whisper_dir(src)
-        _copy_tree(src, dest)
+        copy_tree(src, dest)
 
     return _store_directory(
         f"whisper-{name}", build, labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
@@ -241,7 +224,7 @@ def import_alignment(language: str, path: Path, *, licence: str = "see model car
 
     def build(dest: Path) -> None:
         check_alignment_dir(src)
-        _copy_tree(src, dest)
+        copy_tree(src, dest)
 
     return _store_directory(
         catalog.alignment_model_name(language), build,
