@@ -90,12 +90,23 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "models", "import-hf-cache", str(hub)], cwd=PROJECT, env=env, check=True)
     import_s = time.monotonic() - started
     sizes = {p.name: _tree_mib(p) for p in sorted((home / "models").iterdir()) if p.is_dir()}
+    # the bento built on them: which models it declares and carries, and its size on disk
+    served_env = {"WXS_ASR_MODEL": "whisper-large-v3", "WXS_DIARIZATION_MODEL": "diarization-pyannote-3.1"}
+    started = time.monotonic()
+    built = subprocess.run([str(Path(sys.executable).parent / "bentoml"), "build", ".", "--output", "tag"],
+                           cwd=PROJECT, env={**env, **served_env}, check=True, capture_output=True, text=True)
+    bento_s = time.monotonic() - started
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento_dir = home / "bentos" / tag.replace(":", "/")
+    import yaml
+
+    bento_models = sorted({m["tag"] for svc in yaml.safe_load((bento_dir / "bento.yaml").read_text())["services"]
+                           for m in svc["models"]})
 
     audio = np.concatenate([soundfile.read(p, dtype="float32")[0] for p in sorted(AISHELL_DIR.glob("*.wav"))])
     recording = work / "aishell.wav"
     soundfile.write(recording, audio, 16000, subtype="PCM_16")
-    production = _serve_once({"BENTOML_HOME": str(home), "WXS_ASR_MODEL": "whisper-large-v3",
-                              "WXS_DIARIZATION_MODEL": "diarization-pyannote-3.1", "WXS_DEVICE": args.device,
+    production = _serve_once({"BENTOML_HOME": str(home), **served_env, "WXS_DEVICE": args.device,
                               "WXS_ASR_MAX_NEW_TOKENS": str(args.held_tokens),
                               "WXS_ASR_SUPPRESS_TOKENS": f"-1,{END_OF_TEXT}"}, recording)
     defaults = _serve_once({"WXS_ASR_MODEL": "whisper-base", "WXS_DEVICE": args.device}, recording)
@@ -103,6 +114,8 @@ def main() -> None:
     print(f"whisper shape {args.whisper_shape}, device {args.device}; layouts built in {build_s:.0f} s, "
           f"imported in {import_s:.0f} s")
     print("model-store sizes (MiB):", json.dumps(sizes))
+    print(f"bento {tag}: {_tree_mib(bento_dir)} MiB on disk, built in {bento_s:.0f} s, "
+          f"declares {', '.join(bento_models)}")
     print(f"{'process':<12}{'production ready':>18}{'peak':>8}{'defaults ready':>16}{'peak':>8}{'ratio':>8}")
     for role in roles:
         p_ready = production["rss_ready_mib"].get(role, 0)

@@ -257,7 +257,10 @@ class PyannoteBackend:
         finally:
             stages.end()
         annotation = getattr(output, "speaker_diarization", output)
+        # pyannote pads audio shorter than its window (10 s) with zeros, and a model may hear a
+        # speaker in that padding: turns are kept inside the recording
+        duration = wave.shape[0] / SAMPLE_RATE
         return finalize_turns(
-            (segment.start, segment.end, str(label))
+            (max(0.0, segment.start), min(duration, segment.end), str(label))
             for segment, _, label in annotation.itertracks(yield_label=True)
         )
