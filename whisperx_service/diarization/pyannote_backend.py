@@ -103,7 +103,9 @@ def _resolve_local(value: Any, model_dir: Path, fallback: str) -> Any:
     candidates = [model_dir / value, model_dir / Path(value).name, model_dir / fallback]
     for candidate in candidates:
         if candidate.exists():
-            return str(candidate.resolve())
+            # a mapping, as pyannote expands `$model/...`: a plain string containing "wespeaker"
+            # would be taken for the ONNX WeSpeaker model of that name
+            return {"checkpoint": str(candidate.resolve())}
     raise FileNotFoundError(
         f"{model_dir}/config.yaml names {value!r}, which is not a local path under the directory "
         f"(tried {', '.join(str(c) for c in candidates)}); download it there, nothing is fetched"
@@ -111,7 +113,8 @@ def _resolve_local(value: Any, model_dir: Path, fallback: str) -> Any:
 
 
 def _load_production_pipeline(model_dir: Path) -> Any:
-    """A user-provided pyannote pipeline directory (best effort, offline)."""
+    """A user-provided pyannote pipeline directory as `python -m models` stores it (offline; its
+    sub-models are in it, checked at import: models/pyannote_dir.py)."""
     from pyannote.audio import Pipeline
     from pyannote.audio.core.pipeline import expand_subfolders
 
@@ -263,7 +266,10 @@ class PyannoteBackend:
         finally:
             stages.end()
         annotation = getattr(output, "speaker_diarization", output)
+        # pyannote pads audio shorter than its window (10 s) with zeros, and a model may hear a
+        # speaker in that padding: turns are kept inside the recording
+        duration = wave.shape[0] / SAMPLE_RATE
         return finalize_turns(
-            (segment.start, segment.end, str(label))
+            (max(0.0, segment.start), min(duration, segment.end), str(label))
             for segment, _, label in annotation.itertracks(yield_label=True)
         )

@@ -108,7 +108,7 @@ def stored_pipeline_dir(name: str, *, why: str = "") -> Path:
     except NotFound as exc:
         raise BackendUnavailable(
             f"{why}the pyannote pipeline {name!r} (WXS_DIARIZATION_MODEL) is not in the BentoML "
-            "model store: run `python -m models prepare` or import one (README: Production models)"
+            "model store: run `python -m models prepare` or import one (README: Bring your production models)"
         ) from exc
 
 
