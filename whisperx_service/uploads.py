@@ -46,6 +46,21 @@ async def spool_upload(upload: UploadFile, settings: Settings) -> Path:
     return path
 
 
+def write_spool(data: bytes, settings: Settings) -> Path:
+    """Write an upload already in memory (an async job's, from the shared job store) the same way:
+    its own 0700 directory under `WXS_TMP_DIR`, the file 0600; remove it with `discard_spool`."""
+    directory = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=settings.tmp_dir))
+    path = directory / _NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        discard_spool(path)
+        raise
+    return path
+
+
 def discard_spool(path: Path) -> None:
     """Remove a file `spool_upload` made, with its private directory."""
     directory = path.parent
