@@ -215,7 +215,9 @@ class SharedJobs:
         written, since_beat = -1, 0.0
         while True:
             try:
-                if record.version != written:
+                # an end state is written by `finish` only, together with the answer
+                if record.version != written and record.progress.state not in (JobState.completed,
+                                                                                 JobState.failed):
                     version = record.version
                     await self.store.save_progress(claimed.task_id, record.progress)
                     written = version
