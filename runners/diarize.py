@@ -15,6 +15,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service.config import get_settings, runner_service_config
+from whisperx_service.connections import bound_connections
 from whisperx_service.diarization.islands import diarize_speech
 from whisperx_service.diarization.selftest import (
     BackendUnavailable,
@@ -82,3 +83,7 @@ class Diarizer:
             logger.info("diarized %.1f s into %d turns, %d speakers in %.2f s",
                         audio.shape[0] / 16000, len(turns), found, time.perf_counter() - started)
             return DiarizationResult(turns=turns, backend=self.backend.name, num_speakers=found)
+
+
+# Bounded keep-alive connections: added replicas of this runner get their share of calls.
+bound_connections(Diarizer)

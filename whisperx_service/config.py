@@ -183,6 +183,17 @@ class Settings(BaseSettings):
         None, description="A file with one accepted API key per line (added to api_keys)."
     )
 
+    # --- runner replicas ---
+    runner_connection_max_requests: int = Field(
+        100, ge=1,
+        description="Runners: calls one keep-alive connection from a gateway serves before the runner "
+        "answers 'Connection: close' (after the call: nothing in flight is cut), so the gateway "
+        "reconnects through the Service and added replicas get their share.",
+    )
+    runner_connection_max_age_s: float = Field(
+        30.0, gt=0, description="Runners: the same bound in seconds since the connection was opened.",
+    )
+
     # --- async jobs ---
     job_retention_s: float = Field(
         24 * 3600.0, gt=0, description="How long a finished job's progress record is kept."
