@@ -92,7 +92,8 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                 top.procs[name] = procs.start(
                     [str(procs.BIN / "python"), "-m", "deploy.component", "--component", name,
                      "--host", "127.0.0.1", "--port", str(port)],
-                    procs.base_env(WXS_TMP_DIR=str(root)), root / f"{name}.log", PROJECT)
+                    procs.base_env(WXS_TMP_DIR=str(root), **procs.private_home(root, name)), root / f"{name}.log",
+                    PROJECT)
             for name in RUNNERS:
                 procs.wait_ready(top.procs[name], urls[name], root / f"{name}.log")
             deps = [arg for name in RUNNERS for arg in ("--dependency", f"{name}={urls[name]}")]
@@ -104,7 +105,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                     WXS_TMP_DIR=str(top.tmp_dirs[name]), WXS_JOB_STORE=url,
                     WXS_JOB_RETENTION_S=str(RETENTION_S), WXS_JOB_VISIBILITY_TIMEOUT_S=str(VISIBILITY_S),
                     WXS_JOB_UPLOAD_MAX_MB=str(JOB_UPLOAD_MAX_MB),
-                    BENTOML_RESULT_STORE=str(root / f"tasks-{name}.db"))
+                    **procs.private_home(root, name))
                 top.gateways[name] = f"http://127.0.0.1:{port}"
                 top.procs[name] = procs.start(
                     [str(procs.BIN / "python"), "-m", "deploy.component", "--component", "gateway",
@@ -238,6 +239,20 @@ def test_gateway_killed_mid_job_the_other_finishes_it(topology: Topology) -> Non
     # the survivor still answers sync requests
     with topology.client(survivor) as http, JFK_FLAC.open("rb") as fh:
         assert http.post("/transcribe", files={"audio_file": ("jfk.flac", fh)}).status_code == 200
+
+
+def test_readiness_needs_the_job_store(topology: Topology) -> None:
+    store = redis.Redis.from_url(topology.redis_url)
+    store.execute_command("CLIENT", "PAUSE", "8000", "ALL")  # Redis answers nobody for 8 s
+    try:
+        with topology.client("B", timeout=30) as http:
+            paused = http.get("/readyz")
+    finally:
+        store.execute_command("CLIENT", "UNPAUSE")
+    assert paused.status_code == 503 and paused.json()["error"]["code"] == "not_ready", paused.text
+    assert "job store" in paused.json()["error"]["message"]
+    with topology.client("B", timeout=30) as http:
+        assert http.get("/readyz").status_code == 200
 
 
 def test_nothing_left_after_retention(topology: Topology) -> None:

@@ -95,3 +95,36 @@ def test_answers_and_uploads_expire_with_the_retention(redis_url: str) -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_job_whose_gateways_keep_dying_ends_failed_with_a_reason(redis_url: str) -> None:
+    """After `job_max_attempts` runs cut off, the next gateway to claim it stores job_worker_lost."""
+    from whisperx_service.http.shared_jobs import SharedJobs
+    from whisperx_service.lifecycle import Lifecycle
+
+    class Gateway:
+        lifecycle = Lifecycle(max_in_flight=4, retry_after_s=1, grace_s=1)
+
+    async def scenario() -> None:
+        settings = Settings(job_store=redis_url, job_visibility_timeout_s=0.2, job_max_attempts=2)
+        shared = SharedJobs(Gateway(), settings, redis_url)
+        await shared.store.redis.flushdb()
+        await shared.store.ensure_group()
+        task_id = await shared.store.submit("transcribe", {}, None, b"audio")
+        for gateway in ("a", "b"):  # two gateways take it and die (no heartbeat, no answer)
+            assert await shared.store.claim(gateway, block_ms=100) is not None
+            await asyncio.sleep(0.3)
+        claimed = await shared.store.claim(shared.consumer, block_ms=100)
+        assert claimed is not None and claimed.deliveries == 3
+        await shared._run(claimed)
+        progress = await shared.store.progress(task_id)
+        assert progress is not None and progress.state == JobState.failed
+        assert progress.error is not None and progress.error["error"]["code"] == "job_worker_lost"
+        answer = await shared.store.answer(task_id)
+        assert answer is not None and answer.status_code == 503 and b"job_worker_lost" in answer.body
+        assert await shared.store.upload(task_id) is None
+        assert (await shared.store.redis.xpending(STREAM, "gateways"))["pending"] == 0
+        assert Gateway.lifecycle.in_flight == 0
+        await shared.stop()
+
+    asyncio.run(scenario())
