@@ -9,6 +9,7 @@ after the retention nothing is left in Redis and no gateway that exited normally
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import time
@@ -53,7 +54,8 @@ class Topology:
     gateways: dict[str, str] = field(default_factory=dict)  # A, B -> URL
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tmp_dirs: dict[str, Path] = field(default_factory=dict)
-    killed: set[str] = field(default_factory=set)
+    killed: set[str] = field(default_factory=set)  # stopped by a test
+    sigkilled: set[str] = field(default_factory=set)
 
     def client(self, gateway: str, timeout: float = 600) -> httpx.Client:
         return httpx.Client(base_url=self.gateways[gateway], timeout=timeout)
@@ -77,6 +79,7 @@ class Topology:
         psutil.wait_procs(tree, timeout=30)
         self.procs[name].wait()
         self.killed.add(name)
+        self.sigkilled.add(name)
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +257,22 @@ def test_readiness_needs_the_job_store(topology: Topology) -> None:
             time.sleep(0.5)
 
 
+def test_sigterm_drains_a_running_job_before_exit(topology: Topology) -> None:
+    """A gateway scaled down (SIGTERM) takes no new job and finishes the one it runs, then exits."""
+    gateway = next(name for name in topology.gateways if name not in topology.killed)
+    with topology.client(gateway) as http, JFK_FLAC.open("rb") as fh:
+        submitted = http.post("/jobs/transcribe/submit", files={"audio_file": ("jfk.flac", fh)})
+    task_id = submitted.json()["task_id"]
+    _poll(topology, gateway, task_id, [], until=("asr", "align", "completed", "failed"))
+    proc = topology.procs[gateway]
+    proc.terminate()
+    assert proc.wait(timeout=300) == 0
+    topology.killed.add(gateway)  # gone (its temp files were removed: checked below)
+    record = redis.Redis.from_url(topology.redis_url).hget(f"wxs:job:{task_id}", "progress")
+    assert record is not None and json.loads(record)["state"] == "completed", record
+    assert not list(topology.tmp_dirs[gateway].iterdir())
+
+
 def test_nothing_left_after_retention(topology: Topology) -> None:
     store = redis.Redis.from_url(topology.redis_url)
     deadline = time.monotonic() + RETENTION_S + 30
@@ -263,5 +282,5 @@ def test_nothing_left_after_retention(topology: Topology) -> None:
     assert store.xlen("wxs:jobs") == 0
     assert store.xpending("wxs:jobs", "gateways")["pending"] == 0
     for name, directory in topology.tmp_dirs.items():
-        if name not in topology.killed:  # a SIGKILLed process cannot remove its spool (its pod's emptyDir goes)
+        if name not in topology.sigkilled:  # a SIGKILLed process cannot remove its spool (its pod's emptyDir goes)
             assert not list(directory.iterdir()), (name, list(directory.iterdir()))

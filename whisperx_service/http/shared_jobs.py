@@ -16,6 +16,7 @@ Larger recordings go to the sync routes (``WXS_MAX_UPLOAD_MB``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -87,6 +88,7 @@ class SharedJobs:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._consumer_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # --- lifetime (the gateway's startup and shutdown hooks) ---
 
@@ -96,6 +98,7 @@ class SharedJobs:
                     self.consumer, self.settings.job_concurrency, self.settings.job_visibility_timeout_s)
 
     async def stop(self) -> None:
+        self._stopping = True  # the consumer's own check: a cancellation can be swallowed (see _run)
         if self._consumer_task is not None:
             self._consumer_task.cancel()
         for task in list(self._running):  # past the drain: their entries are run again elsewhere
@@ -114,7 +117,7 @@ class SharedJobs:
     async def _consume(self) -> None:
         slots = asyncio.Semaphore(self.settings.job_concurrency)
         group_ready = False
-        while True:
+        while not self._stopping:
             await slots.acquire()
             claimed: Claimed | None = None
             try:
@@ -148,12 +151,16 @@ class SharedJobs:
                     return
                 with self.gateway.lifecycle.hold():
                     record = SharedJobRecord(job)
-                    keepalive = asyncio.create_task(self._keepalive(claimed, record))
+                    # Stopped by an event, never cancelled: redis-py 8.1 swallows a cancellation that
+                    # lands mid-command (18 of 40 in a loop here), and a job whose keep-alive lived
+                    # on heartbeated forever, unanswered.
+                    done = asyncio.Event()
+                    keepalive = asyncio.create_task(self._keepalive(claimed, record, done))
                     try:
                         answer = await self._work(job, claimed, record, request_id)
                     finally:
-                        keepalive.cancel()
-                        await asyncio.gather(keepalive, return_exceptions=True)
+                        done.set()
+                        await keepalive
                     await self.store.finish(job.task_id, record.progress, answer)
                     await self.store.ack(claimed.entry_id)
                 logger.info("job %s %s (run %d, status %d)", job.task_id, record.progress.state.value,
@@ -209,11 +216,11 @@ class SharedJobs:
         record.fail(body)
         return StoredAnswer(error.status_code, "application/json", json.dumps(body).encode())
 
-    async def _keepalive(self, claimed: Claimed, record: SharedJobRecord) -> None:
+    async def _keepalive(self, claimed: Claimed, record: SharedJobRecord, done: asyncio.Event) -> None:
         """Write progress as it changes; reset the entry's idle time well inside the visibility timeout."""
         beat_every = max(PROGRESS_FLUSH_S, self.settings.job_visibility_timeout_s / 4)
         written, since_beat = -1, 0.0
-        while True:
+        while not done.is_set():
             try:
                 # an end state is written by `finish` only, together with the answer
                 if record.version != written and record.progress.state not in (JobState.completed,
@@ -226,7 +233,8 @@ class SharedJobs:
                     since_beat = 0.0
             except (RedisError, OSError) as exc:
                 logger.warning("job %s: progress not written (%s)", claimed.task_id, type(exc).__name__)
-            await asyncio.sleep(PROGRESS_FLUSH_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), PROGRESS_FLUSH_S)
             since_beat += PROGRESS_FLUSH_S
 
 
