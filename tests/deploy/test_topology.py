@@ -228,7 +228,6 @@ def test_gateway_killed_mid_job_the_other_finishes_it(topology: Topology) -> Non
     logger.info("SIGKILLed gateway %s at stage %s", runner, before["stage"])
     progress = _poll(topology, survivor, task_id, timeline)
     assert progress["state"] == "completed", timeline
-    assert time.time() - killed_at >= VISIBILITY_S - 1, "taken over only after the visibility timeout"
     assert "run 2 (its previous gateway stopped mid-job)" in topology.log(survivor)
     with topology.client(survivor) as http:
         body = http.get(f"/jobs/transcribe/get?task_id={task_id}").json()
