@@ -15,6 +15,7 @@ from whisperx_service.config import get_settings
 from whisperx_service.guard import GatewayGuard
 from whisperx_service.http import build_app
 from whisperx_service.http.jobs import JobTasks
+from whisperx_service.http.shared_jobs import SharedJobRoutes, SharedJobs
 from whisperx_service.lifecycle import GATEWAY_SERVICE_NAME, AudioBudget, Lifecycle
 from whisperx_service.logs import configure_logging
 from whisperx_service.metrics import GatewayMetrics
@@ -49,6 +50,19 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
             self.settings.audio_budget_s(), self.settings.retry_after_s,
             on_reject=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
             on_change=self.metrics.audio_in_flight.set)
+        # Async jobs in this process's memory and BentoML's task store, or in a Redis every replica shares.
+        store_url = self.settings.redis_job_store()
+        self.shared_jobs = SharedJobs(self, self.settings, store_url) if store_url else None
+
+    @bentoml.on_startup
+    def _start_shared_jobs(self) -> None:
+        if self.shared_jobs is not None:
+            self.shared_jobs.start()
+
+    @bentoml.on_shutdown
+    async def _stop_shared_jobs(self) -> None:
+        if self.shared_jobs is not None:
+            await self.shared_jobs.stop()
 
 
 def _current_gateway() -> Gateway | None:
@@ -62,3 +76,5 @@ def _current_gateway() -> Gateway | None:
 # Request ids, auth, size limits, content types, admission and drain, in front of every route.
 Gateway.add_asgi_middleware(  # type: ignore[attr-defined]  # a bentoml Service at runtime
     GatewayGuard, settings=get_settings(), gateway=_current_gateway)
+# Inside the guard: the job routes, when jobs live in the shared (Redis) store.
+Gateway.add_asgi_middleware(SharedJobRoutes, gateway=_current_gateway)  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from bentoml.models import BentoModel
 from whisperx_service import model_store
 from whisperx_service.alignment import align_batched, align_each, batches_on
 from whisperx_service.config import get_settings, runner_service_config
+from whisperx_service.connections import bound_connections
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import AlignJob, AlignResult, Segment, Word
@@ -162,3 +163,7 @@ def _segment(raw: dict[str, Any]) -> Segment:
             for w in raw.get("words", [])
         ],
     )
+
+
+# Bounded keep-alive connections: added replicas of this runner get their share of calls.
+bound_connections(Aligner)

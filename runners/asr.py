@@ -15,6 +15,7 @@ from bentoml.models import BentoModel
 
 from whisperx_service.audio import SAMPLE_RATE
 from whisperx_service.config import get_settings, runner_service_config
+from whisperx_service.connections import bound_connections
 from whisperx_service.lifecycle import outlive_gateway
 from whisperx_service.logs import bind_request_id, configure_logging
 from whisperx_service.schema import AsrPlan, ChunkJob, ChunkText, LanguageDetection
@@ -60,3 +61,7 @@ class ASR:
     def detect_language(self, audio: np.ndarray, top_k: int = 5) -> LanguageDetection:
         """Language of the first 30 s: the best guess and the top_k most likely languages."""
         return self.whisper.detect_language(audio, top_k)
+
+
+# Bounded keep-alive connections: added replicas of this runner get their share of calls.
+bound_connections(ASR)

@@ -15,6 +15,7 @@ import numpy as np
 from bentoml.models import BentoModel
 
 from whisperx_service.config import get_settings, runner_service_config
+from whisperx_service.connections import bound_connections
 from whisperx_service.diarization.islands import diarize_speech
 from whisperx_service.diarization.selftest import (
     BackendUnavailable,
@@ -92,3 +93,7 @@ class Diarizer:
         with bind_request_id(request_id):
             embed = getattr(self.backend, "voice_print", None)
             return [] if embed is None else [float(x) for x in embed(audio)]
+
+
+# Bounded keep-alive connections: added replicas of this runner get their share of calls.
+bound_connections(Diarizer)

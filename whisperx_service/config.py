@@ -192,9 +192,42 @@ class Settings(BaseSettings):
         None, description="A file with one accepted API key per line (added to api_keys)."
     )
 
+    # --- runner replicas ---
+    runner_connection_max_requests: int = Field(
+        100, ge=1,
+        description="Runners: calls one keep-alive connection from a gateway serves before the runner "
+        "answers 'Connection: close' (after the call: nothing in flight is cut), so the gateway "
+        "reconnects through the Service and added replicas get their share.",
+    )
+    runner_connection_max_age_s: float = Field(
+        30.0, gt=0, description="Runners: the same bound in seconds since the connection was opened.",
+    )
+
     # --- async jobs ---
     job_retention_s: float = Field(
         24 * 3600.0, gt=0, description="How long a finished job's progress record is kept."
+    )
+    job_store: str = Field(
+        "local",
+        description="Where async jobs live: 'local' (this gateway's memory and BentoML's task store: one "
+        "node) or a Redis URL (redis://host:6379/0): jobs queued, run and stored there, so any gateway "
+        "replica takes a submit, runs it, and answers its progress and result.",
+    )
+    job_upload_max_mb: int = Field(
+        64, ge=1, le=500,
+        description="Largest upload of an async job with a Redis job store (413 above): the upload is "
+        "kept in Redis until a gateway has run the job.",
+    )
+    job_visibility_timeout_s: float = Field(
+        60.0, gt=0,
+        description="Redis job store: a job whose gateway sent no heartbeat for this long (it died) is "
+        "run again by another gateway.",
+    )
+    job_max_attempts: int = Field(
+        2, ge=1, description="Redis job store: runs of one job before it is marked failed (job_worker_lost)."
+    )
+    job_concurrency: int = Field(
+        4, ge=1, description="Redis job store: jobs one gateway runs at once (each also counts in max_in_flight)."
     )
 
     # --- output ---
@@ -208,6 +241,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("job_store")
+    @classmethod
+    def _job_store(cls, value: str) -> str:
+        if value != "local" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("WXS_JOB_STORE is 'local' or a Redis URL (redis://, rediss://, unix://)")
+        return value
+
+    def redis_job_store(self) -> str | None:
+        """The Redis URL of the shared job store, or None for the local one."""
+        return None if self.job_store == "local" else self.job_store
 
     def accepted_keys(self) -> list[bytes]:
         """Every accepted API key as bytes (for constant-time comparison); empty: auth is off."""

@@ -73,6 +73,13 @@ class JobNotFinished(InvalidRequest):
     code = "job_not_finished"
 
 
+class JobWorkerLost(ServiceError):
+    """Every gateway that took the job stopped before it finished (`job_max_attempts` runs)."""
+
+    status_code = 503
+    code = "job_worker_lost"
+
+
 class MissingFile(InvalidRequest):
     code = "missing_file"
 

@@ -13,8 +13,10 @@ In order, for each HTTP request:
 3. Upload size: 413 on a Content-Length over the limit; a chunked body is counted as it streams
    and answered 413 as soon as it crosses the limit.
 4. POST bodies must be forms, ``multipart/form-data`` to carry a file (415 otherwise).
-5. Result routes of async jobs: 404 for an unknown id, 422 for a job whose form BentoML could not
-   read (BentoML itself answers both with a 500).
+5. Result routes of async jobs (local job store): 404 for an unknown id, 422 for a job whose form
+   BentoML could not read (BentoML itself answers both with a 500). With a shared (Redis) job store
+   the job routes are answered by `whisperx_service.http.shared_jobs`, and ``/readyz`` also needs
+   that store to answer.
 6. Admission: a POST (model work) is admitted by the gateway's `Lifecycle`, or answered 503 with
    Retry-After at once (overloaded, or shutting down).
 """
@@ -120,7 +122,8 @@ class GatewayGuard:
             self._rejected(gateway, error)
             await send_error(send, error)
             return
-        if gateway is not None and scope["method"] == "GET" and path in TASK_RESULT_PATHS:
+        if (gateway is not None and scope["method"] == "GET" and path in TASK_RESULT_PATHS
+                and getattr(gateway, "shared_jobs", None) is None):  # the local job store
             task_id = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("task_id", [""])[0]
             answer = await task_result_error(gateway.job_board, task_id) if task_id else None
             if answer is not None:
@@ -227,6 +230,11 @@ class GatewayGuard:
         if gateway is not None and gateway.lifecycle.draining:
             await send_error(send, Unavailable("shutting down", retry_after_s=gateway.lifecycle.retry_after_s,
                                                code="shutting_down"))
+            return
+        shared = getattr(gateway, "shared_jobs", None)
+        if shared is not None and not await shared.ready():
+            await send_error(send, Unavailable("the shared job store (WXS_JOB_STORE) does not answer",
+                                               retry_after_s=5, code="not_ready"))
             return
         started = False
 

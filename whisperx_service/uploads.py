@@ -49,6 +49,19 @@ async def spool_upload(upload: UploadFile, settings: Settings) -> Path:
     return path
 
 
+def write_spool(data: bytes, settings: Settings) -> Path:
+    """Write an upload already in memory (an async job's, from the shared job store; a voice
+    sample) the same way: its own 0700 directory, the file 0600; remove it with `discard_spool`."""
+    path = _private_path(settings)
+    try:
+        with _create(path) as handle:
+            handle.write(data)
+    except BaseException:
+        discard_spool(path)
+        raise
+    return path
+
+
 def _private_path(settings: Settings) -> Path:
     """Where one spooled file goes: a new directory of its own (mode 0700)."""
     return Path(tempfile.mkdtemp(prefix=_PREFIX, dir=settings.tmp_dir)) / _NAME
@@ -84,10 +97,8 @@ async def decode_speaker_references(references: Sequence[SpeakerReference], sett
     shortest, longest = REFERENCE_SECONDS
     known = []
     for reference in references:
-        path = _private_path(settings)
+        path = write_spool(reference.data, settings)
         try:
-            with _create(path) as handle:
-                handle.write(reference.data)
             pcm = await decode_pcm(path, max_seconds=longest + 1.0, limits=DecodeLimits.from_settings(settings))
         except InvalidRequest as exc:
             raise UnsupportedValue(f"the voice sample of {reference.name[:40]!r}: {exc.message}",

@@ -66,3 +66,13 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: floa
 def stop(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
     """SIGTERM the server, then SIGKILL whatever of its tree is left (workers run in own sessions)."""
     stop_tree(proc, grace_s)
+
+
+def private_home(root: Path, name: str) -> dict[str, str]:
+    """A BentoML home of one component's own, sharing the model store: `bentoml serve` empties its
+    home's Prometheus directory at start, which erased the metrics of components started before it."""
+    shared = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
+    home = root / f"bentoml-{name}"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(shared.resolve(), target_is_directory=True)
+    return {"BENTOML_HOME": str(home)}

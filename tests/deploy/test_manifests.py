@@ -113,3 +113,21 @@ def test_gateway_reaches_every_runner_by_its_service_address() -> None:
 
     graph = load(str(PROJECT)).all_services()
     assert set(RUNNERS) <= set(graph)
+
+
+def test_gateways_share_a_redis_job_store_that_readiness_needs() -> None:
+    services, statefulsets = _by_kind("Service"), _by_kind("StatefulSet")
+    env = {e["name"]: e.get("value") for e in _container(_by_kind("Deployment")["whisperx-gateway"])["env"]}
+    url = env["WXS_JOB_STORE"]
+    host, port = url.removeprefix("redis://").split("/")[0].split(":")
+    assert host in services and services[host]["spec"]["ports"][0]["port"] == int(port)
+    redis = statefulsets[host]
+    assert services[host]["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
+    container = _container(redis)
+    args = container["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"  # jobs are never evicted
+    assert args[args.index("--appendonly") + 1] == "yes"  # queued jobs survive a Redis restart
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert "readinessProbe" in container and container["securityContext"]["runAsNonRoot"] is True
+    # /readyz fails while the job store does not answer (tests/deploy/test_topology.py)
+    assert _container(_by_kind("Deployment")["whisperx-gateway"])["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -36,6 +36,12 @@ def build_app() -> FastAPI:
     )
     for family in (transcribe, openai, language, jobs, page):
         app.include_router(family.router)
+    install_error_handlers(app)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error of `app` leaves as OpenAI's envelope with the request id."""
 
     @app.exception_handler(ServiceError)
     async def _ours(request: Request, exc: ServiceError) -> JSONResponse:
@@ -53,5 +59,3 @@ def build_app() -> FastAPI:
     async def _unforeseen(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled %s", type(exc).__name__)
         return error_response(request, internal_error())
-
-    return app

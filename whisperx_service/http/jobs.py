@@ -86,6 +86,27 @@ class TranscriptionJobInput(TranscriptionForm, JobFormFields, IODescriptor):
         return (self.timestamp_granularities or "").split(",")
 
 
+JOB_INPUTS: dict[str, type[TranscribeJobInput] | type[TranscriptionJobInput]] = {
+    "transcribe": TranscribeJobInput, "transcription": TranscriptionJobInput}
+
+
+async def run_job(gateway: Any, form: TranscribeJobInput | TranscriptionJobInput, request_id: str,
+                  record: Any) -> Response:
+    """One job's work, whichever store holds it: the same parsing, pipeline and rendering as its sync route."""
+    check_upload_type(form.declared_type, gateway.settings.accepted_upload_types)
+
+    def decode(path: Path) -> Awaitable[Any]:
+        return decode_pcm(Path(path), max_seconds=gateway.settings.max_audio_seconds)
+
+    if isinstance(form, TranscribeJobInput):
+        params, fmt, options = form.parse(gateway, {})
+        done = await transcribe(gateway, request_id, decode(form.audio_file), params, record)
+        return answer(render_transcribe(done.response, fmt, options), request_id)
+    oparams, ooptions = form.parse(gateway, "transcribe")
+    return await openai_transcription(gateway, request_id, "transcribe", decode(form.file), oparams, ooptions,
+                                      record)
+
+
 class JobTasks:
     """Mixin of the gateway: the async-job task endpoints (see the module doc)."""
 
@@ -115,19 +136,13 @@ class JobTasks:
             logger.info("job %s done", task_id)
             return response
 
-    def _decode(self: Any, path: Path) -> Awaitable[Any]:
-        return decode_pcm(Path(path), max_seconds=self.settings.max_audio_seconds)
-
     @bentoml.task(route="/jobs/transcribe", input_spec=TranscribeJobInput)
     async def transcribe_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
         """/transcribe as an async job (seed shape): submit, poll GET /jobs/{task_id}, then get."""
         form = TranscribeJobInput.model_validate(fields)
 
         async def work(request_id: str, record: JobRecord) -> Response:
-            check_upload_type(form.declared_type, self.settings.accepted_upload_types)
-            params, fmt, options = form.parse(self, {})
-            done = await transcribe(self, request_id, self._decode(form.audio_file), params, record)
-            return answer(render_transcribe(done.response, fmt, options), request_id)
+            return await run_job(self, form, request_id, record)
 
         return await self._run_job(ctx, "transcribe", "/jobs/transcribe/get", work)
 
@@ -137,10 +152,7 @@ class JobTasks:
         form = TranscriptionJobInput.model_validate(fields)
 
         async def work(request_id: str, record: JobRecord) -> Response:
-            check_upload_type(form.declared_type, self.settings.accepted_upload_types)
-            params, options = form.parse(self, "transcribe")
-            return await openai_transcription(self, request_id, "transcribe", self._decode(form.file),
-                                              params, options, record)
+            return await run_job(self, form, request_id, record)
 
         return await self._run_job(ctx, "transcription", "/v1/audio/transcriptions/jobs/get", work)
 
