@@ -54,7 +54,7 @@ class StoredJob:
 
     task_id: str
     kind: str
-    fields: dict[str, str]
+    fields: dict[str, str | list[str]]
     declared_type: str | None
     progress: JobProgress
 
@@ -99,7 +99,7 @@ class RedisJobStore:
 
     # --- submit, read ---
 
-    async def submit(self, kind: str, fields: dict[str, str], declared_type: str | None, upload: bytes) -> str:
+    async def submit(self, kind: str, fields: dict[str, str | list[str]], declared_type: str | None, upload: bytes) -> str:
         task_id = uuid.uuid4().hex
         now = time.time()
         progress = JobProgress(task_id=task_id, kind=kind, state=JobState.queued, stage="queued",

@@ -128,3 +128,12 @@ def test_a_job_whose_gateways_keep_dying_ends_failed_with_a_reason(redis_url: st
         await shared.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_jobs_list_fields_keep_every_value() -> None:
+    from whisperx_service.http.shared_jobs import form_fields
+
+    items = [("model", "whisper-1"), ("known_speaker_names[]", "Ann"), ("known_speaker_names[]", "Bob"),
+             ("timestamp_granularities[]", "word"), ("language", "de"), ("language", "en"), ("file", object())]
+    assert form_fields(items) == {"model": "whisper-1", "known_speaker_names[]": ["Ann", "Bob"],
+                                  "timestamp_granularities[]": ["word"], "language": "en"}

@@ -288,7 +288,7 @@ def _submit_route(kind: str, file_field: str) -> Callable[[Request], Awaitable[R
                 data += block
                 if len(data) > limit_mb * _BLOCK:
                     raise too_large
-            fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+            fields = form_fields(form.multi_items())
             task_id = await shared.store.submit(kind, fields, upload.content_type, bytes(data))
         except (RedisError, OSError) as exc:
             logger.error("job store unreachable at submit: %s", type(exc).__name__)
@@ -366,3 +366,18 @@ def is_job_path(path: str) -> bool:
         return True
     parts = path.split("/")
     return len(parts) == 3 and parts[1] == "jobs" and parts[2] not in ("", "transcribe")
+
+
+def form_fields(items: list[tuple[str, Any]]) -> dict[str, str | list[str]]:
+    """A form's text fields as the job stores them: list fields (`name[]`, sent once per value)
+    keep every value, the others their last one."""
+    fields: dict[str, str | list[str]] = {}
+    for key, value in items:
+        if not isinstance(value, str):
+            continue
+        if key.endswith("[]"):
+            listed = fields.get(key)
+            fields[key] = [*listed, value] if isinstance(listed, list) else [value]
+        else:
+            fields[key] = value
+    return fields
