@@ -303,3 +303,14 @@ def with_speaker_references(params: TranscribeParams, references: tuple[SpeakerR
         raise InvalidParameter("known speakers are named by diarization: drop diarize=false",
                                param="diarize")
     return replace(params, diarize=True, speaker_references=references)
+
+
+def parse_stream(raw: str | None, response_format: str, streamable: Sequence[str], *, openai: bool) -> bool:
+    """`stream=true`: only for formats that can be sent piece by piece (400 as OpenAI, else 422)."""
+    from .errors import UnsupportedValue
+
+    wanted = _flag("stream", raw.strip() if raw else None, False)
+    if wanted and response_format not in streamable:
+        message = f"stream=true takes response formats {', '.join(streamable)}, not {response_format!r}"
+        raise (UnsupportedValue if openai else InvalidParameter)(message, param="stream")
+    return wanted

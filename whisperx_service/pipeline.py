@@ -90,6 +90,10 @@ class DiarizeRunner(Protocol):
     async def voice_print(self, *, audio: np.ndarray, request_id: str | None = None) -> Any: ...
 
 
+# Streaming: (index of the chunk, number of chunks, its segments), called as each chunk settles.
+ChunkListener = Callable[[int, int, list[AsrSegment]], None]
+
+
 class Progress(Protocol):
     """What a caller may follow of one run (async jobs): stages, and audio seconds transcribed."""
 
@@ -175,8 +179,10 @@ class Pipeline:
 
     async def run(self, audio: np.ndarray, params: TranscribeParams, *, request_id: str,
                   clock: StageClock | None = None, progress: Progress | None = None,
-                  known_speakers: Sequence[KnownSpeaker] = ()) -> TranscriptionResponse:
-        """The whole graph on decoded 16-kHz mono audio; `known_speakers` name diarized speakers."""
+                  known_speakers: Sequence[KnownSpeaker] = (),
+                  on_text: ChunkListener | None = None) -> TranscriptionResponse:
+        """The whole graph on decoded 16-kHz mono audio; `known_speakers` name diarized speakers;
+        `on_text` gets each chunk's text as soon as it is decoded (streaming)."""
         clock = clock or StageClock()
         duration = round(audio.shape[0] / SAMPLE_RATE, 3)
         diarization = DiarizationInfo(enabled=params.diarize)
@@ -208,7 +214,7 @@ class Pipeline:
 
             try:
                 asr = await self._stage(clock, "asr", self.transcribe(
-                    audio, plan, params, aligned, on_segment=align_early,
+                    audio, plan, params, aligned, on_segment=align_early, on_settled=on_text,
                     on_chunk=progress.transcribed if progress is not None else None))
                 if progress is not None:
                     progress.stage("align")
@@ -244,6 +250,7 @@ class Pipeline:
         self, audio: np.ndarray, plan: AsrPlan, params: TranscribeParams, aligned: list[str],
         on_chunk: Callable[[float], None] | None = None,
         on_segment: Callable[[AsrSegment, str], None] | None = None,
+        on_settled: ChunkListener | None = None,
     ) -> AsrResult:
         """ASR's second step: `decode` calls over the speech chunks of the plan (the first step).
 
@@ -258,7 +265,8 @@ class Pipeline:
         A chunk whose text is far too short for its speech is decoded again in smaller windows
         (`longform.is_suspect`); speech still without text is reported in `warnings`.
         `on_chunk` gets the audio seconds transcribed so far, `on_segment` each chunk's text
-        (with its language) as soon as it is settled.
+        (with its language) as soon as it is settled, `on_settled` each chunk's segments then
+        (with its index: chunks settle in any order).
         """
         decision: LanguageDecision | None = None
         if params.language is not None:
@@ -288,7 +296,7 @@ class Pipeline:
             return AsrSegment(start=span.start, end=span.end, text=text.text, avg_logprob=text.avg_logprob,
                               words=text.words, language=text.language if per_segment else None)
 
-        async def settle(span: TimeSpan, voiced: list[TimeSpan], language: str | None,
+        async def settle(index: int, span: TimeSpan, voiced: list[TimeSpan], language: str | None,
                          first: ChunkText | None) -> list[AsrSegment]:
             """One span decoded (unless `first` already is, in its language) and checked for
             drops; its segments are handed on as soon as they are settled."""
@@ -305,6 +313,8 @@ class Pipeline:
             if on_segment is not None:
                 for segment in segments:
                     on_segment(segment, segment.language or spoken)
+            if on_settled is not None:
+                on_settled(index, len(work), segments)
             return segments
 
         work: list[tuple[TimeSpan, list[TimeSpan], str | None, ChunkText | None]] = []
@@ -323,7 +333,7 @@ class Pipeline:
             language = decision.language if decision is not None else None
             work = [(chunk, voiced, language, None) for chunk, voiced in zip(plan.chunks, pieces, strict=True)]
         speech = sum(span.end - span.start for span, *_ in work) or 1.0
-        settled = await asyncio.gather(*(settle(*item) for item in work))
+        settled = await asyncio.gather(*(settle(i, *item) for i, item in enumerate(work)))
         segments = [segment for chunk in settled for segment in chunk]
         return AsrResult(segments=segments, language=decision.language if decision else "",
                          language_probability=decision.probability if decision else None,

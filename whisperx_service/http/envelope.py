@@ -23,7 +23,7 @@ from ..lifecycle import AudioBudget
 from ..logs import bind_request_id
 from ..metrics import GatewayMetrics
 from ..params import TranscribeParams
-from ..pipeline import Pipeline, Progress, StageClock
+from ..pipeline import ChunkListener, Pipeline, Progress, StageClock
 from ..schema import TranscriptionResponse
 from ..uploads import decode_speaker_references
 from ..writers import Rendered
@@ -67,7 +67,7 @@ class Transcribed:
 
 async def transcribe(
     gateway: Gateway, request_id: str, decode: Awaitable[np.ndarray], params: TranscribeParams,
-    progress: JobProgress | None = None,
+    progress: JobProgress | None = None, on_text: ChunkListener | None = None,
 ) -> Transcribed:
     """Decode (timed as the decode stage), run the pipeline, record metrics and one log line."""
     with bind_request_id(request_id):
@@ -82,7 +82,7 @@ async def transcribe(
                 progress.stage("waiting")  # for room in the audio budget
         async with gateway.audio_budget.hold(seconds, wait=progress is not None):  # jobs wait their turn
             response = await gateway.pipeline.run(audio, params, request_id=request_id, clock=clock,
-                                                  progress=progress, known_speakers=known)
+                                                  progress=progress, known_speakers=known, on_text=on_text)
         gateway.metrics.observe(response)
         if progress is not None:
             progress.stage("render")

@@ -22,14 +22,16 @@ from ..params import (
     OpenAIParams,
     SubtitleOptions,
     parse_openai_params,
+    parse_stream,
     parse_subtitle_options,
     with_speaker_references,
 )
 from ..schema import ModelCard, ModelList, OpenAIVerboseTranscription
 from ..uploads import decode_upload
-from ..writers import render_openai
-from .envelope import Gateway, GatewayDep, answer, request_id_of, transcribe
+from ..writers import openai_diarized, openai_json, render_openai
+from .envelope import Gateway, GatewayDep, Transcribed, answer, request_id_of, transcribe
 from .forms import MULTIPART, FormFields, SpeakerFields, SubtitleFields, form_field, upload_field
+from .streaming import openai_events
 
 logger = logging.getLogger("whisperx_service.openai")
 router = APIRouter(tags=["OpenAI-compatible"])
@@ -119,6 +121,8 @@ class TranscriptionForm(TranslationForm, SpeakerFields, SubtitleFields):
     language: str | None = form_field("ISO-639-1 code of the speech; detected when absent.", "en")
     language_mode: str | None = form_field(
         "recording (default) or per_segment (each speech chunk in its own language).", "recording")
+    stream: str | None = form_field("true: Server-Sent Events as each part is decoded (OpenAI's "
+                                    "transcript.text.delta / .segment / .done); json, text, diarized_json.", "false")
     timestamp_granularities: list[str] | None = Field(
         None, alias="timestamp_granularities[]", description="word and/or segment (verbose_json); default segment.",
         examples=[["word", "segment"]])
@@ -147,10 +151,32 @@ async def openai_transcription(
 async def _audio_api(gateway: Gateway, request: Request, task: str, form: TranslationForm) -> Response:
     request_id = request_id_of(request)
     params, options = form.parse(gateway, task)
+    streams = isinstance(form, TranscriptionForm) and parse_stream(
+        form.stream, params.response_format, STREAMABLE_FORMATS, openai=True)
     if form.file is None:
         raise MissingFile("send the recording as the multipart file field 'file'", param="file")
+    if streams:
+        audio = await decode_upload(form.file, gateway.settings)
+        return openai_events(gateway, request_id, audio, params.transcribe,
+                             lambda done: _final_events(done, params.response_format))
     return await openai_transcription(gateway, request_id, task, decode_upload(form.file, gateway.settings),
                                       params, options)
+
+
+# Formats whose answer can be streamed: plain text, and diarized segments once they are known.
+STREAMABLE_FORMATS = ("json", "text", "diarized_json")
+
+
+def _final_events(done: Transcribed, response_format: str) -> list[dict[str, Any]]:
+    """After the deltas: each diarized segment (diarized_json), then the full text and usage."""
+    events: list[dict[str, Any]] = []
+    if response_format == "diarized_json":
+        events += [{"type": "transcript.text.segment", "id": s.id, "start": s.start, "end": s.end,
+                    "text": s.text, "speaker": s.speaker} for s in openai_diarized(done.response).segments]
+    text = openai_json(done.response)
+    events.append({"type": "transcript.text.done", "text": text.text,
+                   "usage": text.usage.model_dump(mode="json") if text.usage else None})
+    return events
 
 
 @router.post("/v1/audio/transcriptions", responses={**_FORMATS_DOC, **_ERRORS}, response_class=Response)

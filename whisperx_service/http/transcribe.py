@@ -13,6 +13,7 @@ from ..params import (
     SubtitleOptions,
     TranscribeParams,
     parse_output_format,
+    parse_stream,
     parse_subtitle_options,
     parse_transcribe_params,
     with_speaker_references,
@@ -22,6 +23,7 @@ from ..uploads import decode_upload
 from ..writers import MEDIA_TYPES, render_transcribe
 from .envelope import Gateway, GatewayDep, answer, request_id_of, transcribe
 from .forms import MULTIPART, SpeakerFields, SubtitleFields, form_field, upload_field
+from .streaming import ndjson_events
 
 router = APIRouter()
 
@@ -37,6 +39,8 @@ class TranscribeForm(SpeakerFields, SubtitleFields):
     diarize: str | None = form_field("false skips speaker diarization.", "true")
     zh_script: str | None = form_field("simplified, traditional or original.", "simplified")
     task: str | None = form_field("transcribe (default) or translate.", "transcribe")
+    stream: str | None = form_field("true: newline-delimited JSON, a `segment` line as each part is "
+                                    "decoded, then the `result` line (output_format json only).", "false")
     output_format: str | None = form_field("json (default), text, srt, vtt or tsv; text/srt/vtt name speakers.",
                                        "srt")
 
@@ -63,5 +67,7 @@ async def transcribe_route(
     params, fmt, options = form.parse(gateway, request.query_params)
     if form.audio_file is None:
         raise MissingFile("send the recording as the multipart file field 'audio_file'", param="audio_file")
+    if parse_stream(form.stream, fmt, ("json",), openai=False):
+        return ndjson_events(gateway, request_id, await decode_upload(form.audio_file, gateway.settings), params)
     done = await transcribe(gateway, request_id, decode_upload(form.audio_file, gateway.settings), params)
     return answer(render_transcribe(done.response, fmt, options), request_id)
