@@ -26,7 +26,7 @@ class FakePipeline:
         self.failure = failure
 
     async def run(self, audio: np.ndarray, params: Any, *, request_id: str, clock: Any = None,
-                  progress: Any = None, known_speakers: Any = ()) -> TranscriptionResponse:
+                  progress: Any = None, known_speakers: Any = (), on_text: Any = None) -> TranscriptionResponse:
         if self.failure is not None:
             raise self.failure
         return TranscriptionResponse(
