@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..errors import ServiceError, internal_error
 from ..params import TranscribeParams
@@ -30,6 +31,18 @@ from ..text import join_words, tidy_text
 from .envelope import REQUEST_ID_HEADER, Gateway, Transcribed, transcribe
 
 logger = logging.getLogger("whisperx_service.streaming")
+
+
+class _StreamUntilDisconnect(StreamingResponse):
+    """A stream that ends as soon as the client leaves, not at its next write.
+
+    Under ASGI 2.4 servers Starlette notices a disconnect only when a write fails; between two
+    events (diarizing a long recording) that can be never, and the run would go on for nobody.
+    Below 2.4 Starlette also listens for `http.disconnect` and cancels the body: use that path."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.3"}}
+        await super().__call__(scope, receive, send)
 
 
 class OrderedChunks:
@@ -116,7 +129,7 @@ def openai_events(gateway: Gateway, request_id: str, audio: np.ndarray, params: 
                                    delta, result_events):
             yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
-    return StreamingResponse(body(), media_type="text/event-stream",
+    return _StreamUntilDisconnect(body(), media_type="text/event-stream",
                              headers={REQUEST_ID_HEADER: request_id, "cache-control": "no-cache"})
 
 
@@ -136,5 +149,6 @@ def ndjson_events(gateway: Gateway, request_id: str, audio: np.ndarray, params: 
                                    segment, result):
             yield (json.dumps(event, ensure_ascii=False) + "\n").encode()
 
-    return StreamingResponse(body(), media_type="application/x-ndjson", headers={REQUEST_ID_HEADER: request_id})
+    return _StreamUntilDisconnect(body(), media_type="application/x-ndjson",
+                                  headers={REQUEST_ID_HEADER: request_id})
 
