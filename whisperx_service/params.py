@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from .chinese import ZhScript
 from .errors import InvalidParameter
+from .naming import MAX_KNOWN_SPEAKERS
 from .schema import UNKNOWN_SPEAKERS, SpeakerCountError, SpeakerCounts
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -248,7 +249,6 @@ def parse_openai_params(
 
 # --- known speakers (OpenAI's known_speaker_names[] / known_speaker_references[]) -------------
 
-MAX_KNOWN_SPEAKERS = 4
 MAX_NAME_CHARS = 64
 MAX_REFERENCE_BYTES = 4 << 20  # 10 s of audio in any sane container
 _DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[^;,]*)*;base64,(?P<data>.*)", re.S)

@@ -470,6 +470,7 @@ class Pipeline:
         """Diarized speakers labelled with the names whose voice samples they match (naming.py)."""
         own = solo_speech(turns)
         clips = [cut(audio, spans) for spans in own.values()] + [k.audio for k in known]
+
         async def voice_print(clip: np.ndarray) -> np.ndarray:
             raw = await call_runner(lambda: self.diarizer.voice_print(audio=clip, request_id=request_id))
             return np.asarray(raw, dtype=np.float32)
@@ -477,8 +478,9 @@ class Pipeline:
         vectors = await asyncio.gather(*(voice_print(clip) for clip in clips))
         if any(v.size == 0 for v in vectors):  # a backend without a speaker-embedding model
             return turns, [SpeakerMatch(name=k.name) for k in known]
-        matched = match_names(dict(zip(own, vectors, strict=False)),
-                              {k.name: v for k, v in zip(known, vectors[len(own):], strict=True)})
+        speaker_prints, sample_prints = vectors[:len(own)], vectors[len(own):]
+        matched = match_names(dict(zip(own, speaker_prints, strict=True)),
+                              {k.name: v for k, v in zip(known, sample_prints, strict=True)})
         by_name = {name: (label, similarity) for label, (name, similarity) in matched.items()}
         matches = [SpeakerMatch(name=k.name, speaker=by_name[k.name][0], similarity=by_name[k.name][1])
                    if k.name in by_name else SpeakerMatch(name=k.name) for k in known]
