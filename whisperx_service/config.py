@@ -333,19 +333,25 @@ class BentoArguments(PydanticBaseSettingsSource):
         fields = self.settings_cls.model_fields
         found: dict[str, Any] = {}
         unknown: list[str] = []
+        secret: list[str] = []
         for name, value in vars(bentoml.use_arguments()).items():
             field = name.lower().removeprefix(ENV_PREFIX.lower())
             if field not in fields:
                 unknown.append(name)
                 continue
+            if "SecretStr" in str(fields[field].annotation):
+                secret.append(name)
+                continue
             found[field] = value
             variable = ENV_PREFIX + field.upper()
             if os.environ.get(variable, str(value)) != str(value):
-                logger.warning("bento argument %s=%s wins over %s=%s", field, value, variable,
-                               os.environ[variable])
+                logger.warning("bento argument %s wins over the variable %s", field, variable)
         if unknown:
             raise ValueError(f"bento argument(s) {', '.join(sorted(unknown))} name no setting "
                              f"(settings: the WXS_ variables of the README, e.g. asr_model)")
+        if secret:  # a bento records its arguments in bento.yaml, and so in every image built
+            raise ValueError(f"bento argument(s) {', '.join(sorted(secret))} are secrets: give them "
+                             f"to the server as WXS_ variables, never to the build")
         return found
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:

@@ -30,7 +30,8 @@ def test_arguments_set_the_models_and_win_over_the_environment(bento_args: Any, 
     assert settings.asr_model == "whisper-large-v3"
     assert settings.diarization_model == "diarization-pyannote-3.1"
     assert settings.align_threads == 3  # the environment still sets what the arguments leave
-    assert "bento argument asr_model=whisper-large-v3 wins over WXS_ASR_MODEL=whisper-base" in caplog.text
+    assert "bento argument asr_model wins over the variable WXS_ASR_MODEL" in caplog.text
+    assert "whisper-base" not in caplog.text  # values stay out of logs: some settings are secret
 
 
 def test_without_arguments_the_environment_and_defaults_hold(bento_args: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,3 +47,10 @@ def test_an_argument_that_is_no_setting_fails_naming_it(bento_args: Any) -> None
     bento_args(asr_modle="whisper-large-v3")
     with pytest.raises(ValueError, match="asr_modle name no setting"):
         Settings()
+
+
+def test_a_secret_is_refused_as_an_argument_and_its_value_never_shown(bento_args: Any) -> None:
+    bento_args(api_keys="sk-very-secret")  # a bento's arguments end up in bento.yaml and every image
+    with pytest.raises(ValueError, match="api_keys are secrets") as refused:
+        Settings()
+    assert "sk-very-secret" not in str(refused.value)
