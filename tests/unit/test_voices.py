@@ -326,3 +326,42 @@ def test_known_speaker_ids_reach_the_pipeline_as_prints(tmp_path: Path, spool_di
             _error(await transcribe(client, [voice["id"]]), 400, "known_speaker_ids")
 
     asyncio.run(scenario())
+
+
+def test_a_job_form_keeps_every_id_as_bentoml_reads_it(tmp_path: Path) -> None:
+    """BentoML keeps one value of a repeated form field and hands the task its fields by name: the
+    job input must still hold every id (and every name and sample) the client sent."""
+    from _bentoml_impl.serde import MultipartSerde
+    from bentoml._internal.context import _request_var
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from whisperx_service.http.jobs import JOB_INPUTS
+
+    ids = [new_voice_id() for _ in range(3)]
+
+    async def parse(request: Request) -> JSONResponse:
+        request.state.temp_dir = str(tmp_path)
+        token = _request_var.set(request)
+        try:
+            kind = JOB_INPUTS[request.path_params["kind"]]
+            parsed = await kind.from_http_request(request, MultipartSerde())
+            # What the task gets: the fields by name, validated again.
+            again = kind.model_validate({k: getattr(parsed, k) for k in kind.model_fields})
+        finally:
+            _request_var.reset(token)
+        return JSONResponse({"parsed": [parsed.known_speaker_ids, parsed.known_speaker_names],  # type: ignore[union-attr]
+                             "again": [again.known_speaker_ids, again.known_speaker_names]})
+
+    async def scenario() -> None:
+        app = Starlette(routes=[Route("/{kind}", parse, methods=["POST"])])
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            for kind, file_field in (("transcribe", "audio_file"), ("transcription", "file")):
+                response = await client.post(f"/{kind}", files={file_field: ("a.wav", _sample(3.0), "audio/wav")},
+                                             data={"known_speaker_ids[]": ids, "known_speaker_names[]": ["Ann"]})
+                assert response.status_code == 200, response.text
+                assert response.json() == {"parsed": [ids, ["Ann"]], "again": [ids, ["Ann"]]}
+
+    asyncio.run(scenario())
