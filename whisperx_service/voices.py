@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -28,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from .config import Settings
 from .errors import UnsupportedValue, VoiceModelChanged
 from .naming import KnownSpeaker
 
+logger = logging.getLogger("whisperx_service.voices")
 VOICE_ID = re.compile(r"spk_[0-9a-f]{32}")
 REDIS_KEY = "wxs:voices"  # the job store's key prefix (whisperx_service.jobstore)
 
@@ -86,10 +88,10 @@ class VoiceStore:
         if not is_voice_id(voice_id):
             return None
         raw = await self._read(voice_id)
-        return None if raw is None else StoredVoice.model_validate_json(raw)
+        return None if raw is None else _parsed(raw)
 
     async def all(self) -> list[StoredVoice]:
-        voices = [StoredVoice.model_validate_json(raw) for raw in await self._read_all()]
+        voices = [voice for raw in await self._read_all() if (voice := _parsed(raw)) is not None]
         return sorted(voices, key=lambda v: (v.created_at, v.id))
 
     async def delete(self, voice_id: str) -> bool:
@@ -110,6 +112,15 @@ class VoiceStore:
 
     async def _remove(self, voice_id: str) -> bool:
         raise NotImplementedError
+
+
+def _parsed(raw: bytes) -> StoredVoice | None:
+    """A stored record; None (logged) for one damaged outside the service, as if it were not there."""
+    try:
+        return StoredVoice.model_validate_json(raw)
+    except ValidationError:
+        logger.warning("skipped an unreadable stored voice (%d bytes)", len(raw))
+        return None
 
 
 class LocalVoiceStore(VoiceStore):

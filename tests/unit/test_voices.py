@@ -113,6 +113,10 @@ def test_local_voices_are_private_files_beside_the_task_store(tmp_path: Path, mo
     assert (tmp_path / "voices").stat().st_mode & 0o777 == 0o700
     assert [p.name for p in (tmp_path / "voices").iterdir()] == [f"{voice.id}.json"]  # no temporary left
     assert (tmp_path / "voices" / f"{voice.id}.json").stat().st_mode & 0o777 == 0o600
+    damaged = tmp_path / "voices" / f"{new_voice_id()}.json"
+    damaged.write_text("{not json")  # damaged outside the service: the others still list
+    assert [v.id for v in asyncio.run(store.all())] == [voice.id]
+    assert asyncio.run(store.get(damaged.stem)) is None
 
 
 def test_resolving_ids_unknown_changed_model_and_names_given_twice() -> None:
