@@ -58,7 +58,8 @@ class JobFormFields(BaseModel):
     async def from_http_request(cls, request: Request, serde: Any) -> Any:
         form = await request.form()  # Starlette keeps it: BentoML's own parse reads the same
         lists = {field.alias: [v for v in form.getlist(field.alias) if isinstance(v, str)]
-                 for field in cls.model_fields.values() if field.alias and field.alias in form}
+                 for field in cls.model_fields.values()
+                 if field.alias and field.alias.endswith("[]") and field.alias in form}
         token = _LIST_VALUES.set(lists)
         try:
             return await super().from_http_request(request, serde)  # type: ignore[misc]  # IODescriptor's
