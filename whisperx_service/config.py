@@ -235,6 +235,13 @@ class Settings(BaseSettings):
         "node) or a Redis URL (redis://host:6379/0): jobs queued, run and stored there, so any gateway "
         "replica takes a submit, runs it, and answers its progress and result.",
     )
+    voice_dir: Path | None = Field(
+        None, description="Local job store: the directory of stored voices (POST /v1/speakers), one file "
+        "each; unset: voices/ beside BentoML's task store. With a Redis job store voices live in Redis.",
+    )
+    max_stored_voices: int = Field(
+        1000, ge=1, description="Most stored voices (POST /v1/speakers answers 409 when the store holds them).",
+    )
     job_upload_max_mb: int = Field(
         64, ge=1, le=500,
         description="Largest upload of an async job with a Redis job store (413 above): the upload is "

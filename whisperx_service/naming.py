@@ -31,10 +31,12 @@ MIN_PIECE_SECONDS = 0.4
 
 @dataclass(frozen=True)
 class KnownSpeaker:
-    """A name and its voice sample (16-kHz mono 16-bit PCM)."""
+    """A name and its voice sample (16-kHz mono 16-bit PCM), or the voice print already made of
+    one (a stored voice, `whisperx_service.voices`)."""
 
     name: str
-    audio: np.ndarray
+    audio: np.ndarray | None = None
+    voice_print: np.ndarray | None = None
 
 
 def solo_speech(turns: Sequence[SpeakerTurn], max_seconds: float = SAMPLE_SECONDS) -> dict[str, list[tuple[float, float]]]:
