@@ -72,7 +72,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "thr0.65": _variant(threshold=0.65),
     "thr0.75": _variant(threshold=0.75),
     "thr0.8": _variant(threshold=0.8),
+    "mcs3": _variant(min_cluster_size=3),
     "mcs6": _variant(min_cluster_size=6),
+    "mcs8": _variant(min_cluster_size=8),
     "mcs20": _variant(min_cluster_size=20),
     "off0.3": _variant(min_duration_off=0.3),
     # the shipped parameters with the true count as a hint: what num_speakers / min_speakers /
