@@ -1,6 +1,7 @@
 """A long composed meeting through the served graph (tests/longform.py): the language decided
 over the recording, word recall against the same clips transcribed alone, no silent drops, and
-no space between two CJK characters in any segment; and overlapped speech kept in the speakers.
+no space between two CJK characters in any segment; overlapped speech kept in the speakers, and
+speaker-count hints the audio cannot meet explained.
 
 ``back_to_back`` (3.1 min, six speakers): clips of different speakers back to back, Mandarin
 sentences among English ones, some joins overlapped. With the language read off the first speech
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.data import PYANNOTE_SAMPLE, diarization_error_rate
+from tests.data import JFK_FLAC, PYANNOTE_SAMPLE, diarization_error_rate
 from tests.longform import SAMPLE_RATE, compositions, hits, overlapped_spans, placed_recall, words_in
 from tests.served.conftest import Served
 from tests.served.test_transcribe import check_word_invariants, transcribe
@@ -126,3 +127,14 @@ def test_openai_words_list_overlapping_speakers(served: Served) -> None:
     words = response.json()["words"]
     assert words and all(w["speakers"] and w["speakers"][0] == w["speaker"] for w in words), words
     assert len({w["speaker"] for w in words}) == 2
+
+
+def test_a_speaker_hint_the_audio_cannot_meet_is_explained(served: Served) -> None:
+    """JFK alone (7 s of one voice): four speakers cannot be found, and the response says why."""
+    result = transcribe(served, JFK_FLAC, num_speakers="4", language="en")
+    diarization = result["diarization"]
+    assert diarization["num_speakers"] == 1
+    assert diarization["note"].startswith("num_speakers=4 could not be met: 1 speaker found in "), diarization
+    assert {w["speaker"] for w in result["word_segments"]} == {diarization["speaker_turns"][0]["speaker"]}
+    plain = transcribe(served, JFK_FLAC, language="en")
+    assert plain["diarization"]["note"] is None
