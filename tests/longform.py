@@ -11,7 +11,10 @@ clips (JFK, AISHELL), from an energy detector (`tests.composed._energy_turns`).
   talking at once, far field), then English phone-call and speech clips with AMI turns between;
 - ``back_to_back``: clips of different speakers back to back, the two AISHELL sentences (Mandarin)
   among them, some joins overlapped: the shape in which a meeting speaker's sentence went missing;
-- ``mixed_zh_en``: English clips with the Mandarin sentences after each of them (code-switching).
+- ``mixed_zh_en``: English clips with the Mandarin sentences after each of them (code-switching);
+- ``overlapped``: six speakers, each clip's head mixed over the previous clip's last 2-3 s (a
+  different speaker every time), so the reference holds several seconds of two voices at once at
+  every join (`overlap_seconds`).
 """
 
 from __future__ import annotations
@@ -65,9 +68,28 @@ class Composition:
     def speakers(self) -> set[str]:
         return {k for _, _, k in self.turns}
 
+    def overlap_seconds(self) -> float:
+        """Seconds of the reference in which two or more speakers talk at once."""
+        return sum(e - s for s, e in overlapped_spans(self.turns))
+
     def rttm(self) -> str:
         return "".join(f"SPEAKER {self.name} 1 {s:.3f} {e - s:.3f} <NA> <NA> {k} <NA> <NA>\n"
                        for s, e, k in self.turns)
+
+
+def overlapped_spans(turns: list[Turn]) -> list[tuple[float, float]]:
+    """Where two or more speakers talk at once (a speaker's own turns taken to be disjoint)."""
+    edges = sorted([(s, 1) for s, _, _ in turns] + [(e, -1) for _, e, _ in turns], key=lambda x: (x[0], x[1]))
+    spans: list[tuple[float, float]] = []
+    active, last = 0, 0.0
+    for t, step in edges:
+        if active >= 2 and t > last:
+            if spans and spans[-1][1] >= last:
+                spans[-1] = (spans[-1][0], t)
+            else:
+                spans.append((last, t))
+        active, last = active + step, t
+    return spans
 
 
 def clips(data_dir: Path = SHARED_DATA) -> dict[str, Clip]:
@@ -141,7 +163,12 @@ def compositions(data_dir: Path = SHARED_DATA) -> dict[str, Composition]:
         (c["sample"], 0.4, 0.9), (c["0121"], 0.6, 1.0), (c["dev00"], 0.4, 1.0), (c["0122"], 0.5, 1.0),
         (c["jfk"], 0.5, 1.0),
     ], "en")
-    return {comp.name: comp for comp in (noisy, back, mixed)}
+    overlapped = _place("overlapped", [
+        (c["sample"], 0.0, 1.0), (c["jfk"], -3.0, 0.9), (c["0121"], -2.0, 1.0), (c["dev00"], -2.5, 0.9),
+        (c["jfk"], -3.0, 1.0), (c["dev01"], -2.0, 1.0), (c["0122"], -3.0, 1.0), (c["sample"], -2.5, 0.8),
+        (c["jfk"], -3.0, 0.9), (c["0121"], -2.0, 1.0), (c["dev00"], -2.5, 1.0), (c["sample"], -3.0, 0.9),
+    ], "en")
+    return {comp.name: comp for comp in (noisy, back, mixed, overlapped)}
 
 
 # --- scoring -------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ class TranscribeParams:
     # recording: one language, decided over the recording; per_segment: each speech chunk
     # detected and labelled on its own (code-switching). A given `language` wins over both.
     language_mode: str = RECORDING
+    # each word also lists every speaker talking over it (overlapped speech), not only the main one
+    overlapping_speakers: bool = False
 
 
 def _pick(name: str, form: Mapping[str, str | None], query: Mapping[str, str]) -> str | None:
@@ -138,6 +140,7 @@ def parse_transcribe_params(
         zh_script=script,
         task=task,
         language_mode=_LANGUAGE_MODES[mode_raw],
+        overlapping_speakers=_flag("overlapping_speakers", _pick("overlapping_speakers", form, query), False),
     )
 
 
@@ -201,7 +204,8 @@ def parse_openai_params(
     """OpenAI's audio fields; like OpenAI, a bad model is 404 and a bad value 400.
 
     `served_models` maps each accepted model name (the store name, the ``whisper-1`` alias) to
-    the served model. Speakers are diarized for diarized_json or when a speaker count is given.
+    the served model. Speakers are diarized for diarized_json, when a speaker count is given or
+    with overlapping_speakers=true.
     """
     from .errors import ModelNotFound, UnsupportedValue
 
@@ -234,9 +238,11 @@ def parse_openai_params(
     if not 0.0 <= temperature <= 1.0:
         raise UnsupportedValue(f"temperature must lie in 0..1, got {temperature}", param="temperature")
     speaker_fields = ("num_speakers", "min_speakers", "max_speakers")
-    diarize = response_format == "diarized_json" or any(_pick(f, form, empty) for f in speaker_fields)
+    overlapping = _flag("overlapping_speakers", _pick("overlapping_speakers", form, empty), False)
+    diarize = (response_format == "diarized_json" or overlapping
+               or any(_pick(f, form, empty) for f in speaker_fields))
     base = parse_transcribe_params(
-        {**{f: form.get(f) for f in (*speaker_fields, "language", "language_mode")},
+        {**{f: form.get(f) for f in (*speaker_fields, "language", "language_mode", "overlapping_speakers")},
          "diarize": "true" if diarize else "false", "task": task},
         empty, max_speakers_limit=max_speakers_limit, default_zh_script=default_zh_script,
     )

@@ -62,7 +62,7 @@ from .schema import (
     WordTimestampMethod,
     word_timing_method,
 )
-from .speakers import assign_speakers
+from .speakers import assign_speakers, speech_seconds
 from .text import tidy_text
 
 logger = logging.getLogger("whisperx_service.pipeline")
@@ -234,10 +234,11 @@ class Pipeline:
                 turns, matches = await self._stage(clock, "name_speakers", self._name_speakers(
                     audio, turns, known_speakers, request_id))
             with clock.timed("assign"):
-                segments = assign_speakers(segments, turns)
+                segments = assign_speakers(segments, turns, overlapping=params.overlapping_speakers)
             diarization = DiarizationInfo(enabled=True, backend=found.backend, model=found.model,
                                           num_speakers=found.num_speakers, speaker_turns=turns,
-                                          known_speakers=matches)
+                                          known_speakers=matches,
+                                          note=params.speakers.unmet(found.num_speakers, speech_seconds(turns)))
         else:
             asr, segments, alignment = await words()
         return TranscriptionResponse(

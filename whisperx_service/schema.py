@@ -20,6 +20,11 @@ class Word(BaseModel):
     end: float | None = None
     score: float | None = Field(None, description="Alignment confidence, 0..1.")
     speaker: str | None = None
+    # Only when asked for (overlapping_speakers=true): WhisperX's word keeps its shape otherwise.
+    speakers: list[str] | None = Field(
+        None, exclude_if=lambda value: value is None,
+        description="overlapping_speakers=true: every speaker talking during the word (overlapped "
+        "speech), the one in `speaker` first.")
 
 
 class Segment(BaseModel):
@@ -85,6 +90,21 @@ class SpeakerCounts(BaseModel):
             return self.exact, None, None
         return None, self.minimum, self.maximum
 
+    def unmet(self, found: int, speech_s: float) -> str | None:
+        """What to tell the client when the diarizer found a count outside what it asked for (a
+        clustering cannot make more speakers than the voices it can tell apart in `speech_s`
+        seconds of speech); None when the count fits."""
+        exact, low, high = self.bounds()
+        asked = (f"num_speakers={exact}" if exact is not None
+                 else f"min_speakers={low}" if low is not None and found < low
+                 else f"max_speakers={high}" if high is not None and found > high else None)
+        if asked is None or (exact is not None and found == exact):
+            return None
+        heard = f"{found} speaker{'s' if found != 1 else ''} found in {speech_s:.1f} s of speech"
+        if exact is not None and found > exact or high is not None and found > high:
+            return f"{asked} could not be met: {heard}"
+        return f"{asked} could not be met: {heard}; too little speech or too few distinct voices to tell more apart"
+
 
 UNKNOWN_SPEAKERS = SpeakerCounts()
 
@@ -120,6 +140,8 @@ class DiarizationInfo(BaseModel):
     )
     known_speakers: list[SpeakerMatch] = Field(
         default_factory=list, description="Each known speaker sent, and the speaker its sample matched.")
+    note: str | None = Field(None, description="Why the speakers found differ from num_speakers, "
+                             "min_speakers or max_speakers, when they do.")
 
 
 class LanguageProbability(BaseModel):
@@ -304,6 +326,8 @@ class OpenAIWord(BaseModel):
     start: float
     end: float
     speaker: str | None = None
+    speakers: list[str] | None = Field(None, description="overlapping_speakers=true: every speaker "
+                                       "talking during the word, the one in `speaker` first.")
 
 
 class OpenAIVerboseTranscription(BaseModel):

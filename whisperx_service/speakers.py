@@ -129,7 +129,8 @@ class TurnIndex:
         return found
 
 
-def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[Segment]:
+def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn], *,
+                    overlapping: bool = False) -> list[Segment]:
     """Label each segment and each timed word with a speaker, as whisperx's
     ``assign_word_speakers(..., fill_nearest=True)`` does; the inputs are left untouched.
 
@@ -143,6 +144,9 @@ def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[S
       Such a label is only set when it is not the empty string.
     - Words without a start keep whatever speaker they had. A segment's label does not depend on its
       words' labels, nor the other way round.
+    - `overlapping`: each timed word also lists in ``speakers`` every speaker whose turns intersect
+      it (overlapped speech), most-covering first, so ``speakers[0]`` is its ``speaker``; a word
+      no turn intersects lists the nearest speaker it was given alone.
     """
     if not segments or not turns:
         return segments
@@ -151,13 +155,14 @@ def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[S
     starts = np.array([s.start for s in segments] + [w.start for w in timed], dtype=np.float64)
     ends = np.array([s.end for s in segments] + [w.end if w.end is not None else w.start for w in timed],
                     dtype=np.float64)
-    labels = _labels(index, starts, ends)
+    labels, active = _labels(index, starts, ends)
 
-    word_labels = iter(labels[len(segments):])
+    word_labels = iter(zip(labels[len(segments):], active[len(segments):], strict=True))
     out: list[Segment] = []
     for i, segment in enumerate(segments):
         # Timed words were queued segment by segment in order, so they take their labels in turn.
-        words = [_labelled(w, next(word_labels) if w.start is not None else None) for w in segment.words]
+        words = [_labelled(w, *next(word_labels), overlapping=overlapping) if w.start is not None
+                 else w.model_copy() for w in segment.words]
         update: dict[str, object] = {"words": words}
         if labels[i] is not None:
             update["speaker"] = labels[i]
@@ -165,9 +170,21 @@ def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn]) -> list[S
     return out
 
 
-def _labels(index: TurnIndex, starts: FloatArray, ends: FloatArray) -> list[str | None]:
-    """The speaker for each interval; None where whisperx would leave the label as it was."""
+def speech_seconds(turns: list[SpeakerTurn]) -> float:
+    """Seconds in which anyone speaks (overlapped turns counted once)."""
+    total, reach = 0.0, -np.inf
+    for turn in sorted(turns, key=lambda t: t.start):
+        if turn.end > reach:
+            total += turn.end - max(turn.start, reach)
+            reach = turn.end
+    return total
+
+
+def _labels(index: TurnIndex, starts: FloatArray, ends: FloatArray) -> tuple[list[str | None], list[list[str]]]:
+    """The speaker for each interval (None where whisperx would leave the label as it was), and
+    every speaker whose turns intersect it, the chosen one first, then by seconds covered."""
     found = index.overlaps(starts, ends)
+    active = _active(found)
     best = found.seconds.max(axis=1, keepdims=True)
     # Any positive intersection makes the best total positive; ties go to the earliest first turn.
     chosen = np.where(found.seconds == best, found.first_turn, NO_TURN).argmin(axis=1)
@@ -181,11 +198,26 @@ def _labels(index: TurnIndex, starts: FloatArray, ends: FloatArray) -> list[str 
         for i, t in zip(alone.tolist(), turn.tolist(), strict=True):
             label = index.speakers[index.turn_speaker[t]]
             out[i] = label or None  # whisperx skips a falsy label here (`if nearest_speaker:`)
+    return out, active
+
+
+def _active(found: Overlap) -> list[list[str]]:
+    """Per interval, the speakers with a positive intersection: most seconds first, ties by the
+    earlier first turn (the order that makes the first one the speaker `_labels` chooses)."""
+    out: list[list[str]] = []
+    for seconds, first in zip(found.seconds.tolist(), found.first_turn.tolist(), strict=True):
+        met = sorted((k for k, s in enumerate(seconds) if s > 0), key=lambda k: (-seconds[k], first[k]))
+        out.append([found.speakers[k] for k in met])
     return out
 
 
-def _labelled(word: Word, speaker: str | None) -> Word:
-    return word.model_copy(update={"speaker": speaker}) if speaker is not None else word.model_copy()
+def _labelled(word: Word, speaker: str | None, active: list[str], *, overlapping: bool) -> Word:
+    update: dict[str, object] = {}
+    if speaker is not None:
+        update["speaker"] = speaker
+    if overlapping:
+        update["speakers"] = active or ([speaker] if speaker is not None else [])
+    return word.model_copy(update=update)
 
 
 def _pairs(lo: IntArray, counts: IntArray) -> tuple[IntArray, IntArray]:

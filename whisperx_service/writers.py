@@ -174,7 +174,7 @@ def openai_verbose(
     words = None
     if "word" in granularities:
         words = [
-            OpenAIWord(word=w.word, start=w.start, end=w.end, speaker=w.speaker)
+            OpenAIWord(word=w.word, start=w.start, end=w.end, speaker=w.speaker, speakers=w.speakers)
             for w in response.word_segments
             if w.start is not None and w.end is not None
         ]

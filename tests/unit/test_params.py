@@ -4,7 +4,8 @@ import pytest
 
 from whisperx_service.chinese import ZhScript
 from whisperx_service.errors import InvalidParameter
-from whisperx_service.params import normalize_language, parse_transcribe_params
+from whisperx_service.params import normalize_language, parse_openai_params, parse_transcribe_params
+from whisperx_service.schema import SpeakerCounts
 
 
 def parse(form: dict[str, str | None] | None = None, query: dict[str, str] | None = None):
@@ -42,6 +43,7 @@ def test_form_wins_over_query() -> None:
         ({"zh_script": "latin"}, "zh_script"),
         ({"diarize": "perhaps"}, "diarize"),
         ({"task": "summarize"}, "task"),
+        ({"overlapping_speakers": "some"}, "overlapping_speakers"),
     ],
 )
 def test_bad_values_name_their_parameter(form: dict[str, str | None], param: str) -> None:
@@ -60,3 +62,32 @@ def test_language_codes_and_names(raw: str, code: str | None) -> None:
 def test_diarize_false_and_script_choice() -> None:
     params = parse(form={"diarize": "false", "zh_script": "Traditional"})
     assert params.diarize is False and params.zh_script is ZhScript.traditional
+
+
+def test_overlapping_speakers_on_both_apis() -> None:
+    assert parse().overlapping_speakers is False
+    assert parse(query={"overlapping_speakers": "true"}).overlapping_speakers is True
+    assert parse(form={"overlapping_speakers": "false"}, query={"overlapping_speakers": "true"}).overlapping_speakers is False
+    limits = {"served_models": {"whisper-1": "whisper-base"}, "max_speakers_limit": 32, "default_zh_script": "simplified"}
+    plain = parse_openai_params({}, [], task="transcribe", **limits)  # type: ignore[arg-type]
+    assert plain.transcribe.overlapping_speakers is False and plain.transcribe.diarize is False
+    asked = parse_openai_params({"overlapping_speakers": "true"}, [], task="transcribe", **limits)  # type: ignore[arg-type]
+    assert asked.transcribe.overlapping_speakers is True and asked.transcribe.diarize is True  # it diarizes
+
+
+@pytest.mark.parametrize(
+    "counts, found, expected",
+    [
+        (SpeakerCounts(), 1, None),
+        (SpeakerCounts(minimum=2, maximum=4), 3, None),
+        (SpeakerCounts(exact=3), 3, None),
+        (SpeakerCounts(minimum=4), 2, "min_speakers=4 could not be met: 2 speakers found in 12.5 s of speech; "
+                                       "too little speech or too few distinct voices to tell more apart"),
+        (SpeakerCounts(exact=3), 1, "num_speakers=3 could not be met: 1 speaker found in 12.5 s of speech; "
+                                    "too little speech or too few distinct voices to tell more apart"),
+        (SpeakerCounts(maximum=2), 3, "max_speakers=2 could not be met: 3 speakers found in 12.5 s of speech"),
+        (SpeakerCounts(exact=2), 3, "num_speakers=2 could not be met: 3 speakers found in 12.5 s of speech"),
+    ],
+)
+def test_unmet_speaker_hints_are_explained(counts: SpeakerCounts, found: int, expected: str | None) -> None:
+    assert counts.unmet(found, 12.5) == expected

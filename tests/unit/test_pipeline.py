@@ -289,3 +289,15 @@ def test_a_stored_voice_print_is_used_as_it_is_and_samples_are_still_embedded() 
     assert [(m.name, m.speaker) for m in response.diarization.known_speakers] == [
         ("Ann", "SPEAKER_00"), ("Cy", "SPEAKER_01")]
     assert [s.speaker for s in response.segments] == ["Ann", "Cy", "Cy"]
+
+
+def test_overlapping_speakers_and_an_unmet_hint_reach_the_response() -> None:
+    events = Events()
+    pipeline = Pipeline(FakeASR(events), FakeAligner(events, ["en"]), FakeDiarizer(events))
+    plain = run(pipeline)
+    assert all(w.speakers is None for w in plain.word_segments) and plain.diarization.note is None
+    asked = run(pipeline, TranscribeParams(overlapping_speakers=True, speakers=SpeakerCounts(minimum=3)))
+    assert [w.speaker for w in asked.word_segments] == [w.speaker for w in plain.word_segments]
+    assert all(w.speakers == [w.speaker] for w in asked.word_segments)  # the fake's turns do not overlap
+    assert asked.diarization.note == ("min_speakers=3 could not be met: 2 speakers found in 12.0 s of speech; "
+                                      "too little speech or too few distinct voices to tell more apart")

@@ -176,3 +176,64 @@ def test_module_does_not_load_pandas_or_whisperx() -> None:
     probe = ("import sys, whisperx_service.speakers; "
              "sys.exit(sorted(m for m in ('pandas', 'whisperx', 'torch') if m in sys.modules) != [])")
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+# --- overlapped speech: the main speaker and, when asked, every speaker of a word ---------------
+
+
+def _overlap_case() -> tuple[list[Segment], list[SpeakerTurn]]:
+    """A talks 0-5 s, B 3-8 s, C 3.8-4.6 s (a third voice for a moment): 3-5 s is overlapped."""
+    turns = [SpeakerTurn(start=0.0, end=5.0, speaker="A"), SpeakerTurn(start=3.0, end=8.0, speaker="B"),
+             SpeakerTurn(start=3.8, end=4.6, speaker="C")]
+    words = [Word(word="alone", start=1.0, end=1.5),  # A only
+             Word(word="both", start=3.2, end=3.6),  # A and B cover it all: tie, A's turn starts first
+             Word(word="three", start=4.0, end=4.4),  # A, B and C all over it
+             Word(word="later", start=4.5, end=5.5),  # A 0.5 s, B 1.0 s, C 0.1 s
+             Word(word="gap", start=9.0, end=9.5)]  # no turn: the nearest (B)
+    return [Segment(start=1.0, end=9.5, text="t", words=words)], turns
+
+
+def test_words_in_an_overlap_get_the_speaker_covering_them_most() -> None:
+    segments, turns = _overlap_case()
+    labelled = _assert_agrees(segments, turns)  # whisperx's rule, label for label
+    assert [w.speaker for w in labelled[0].words] == ["A", "A", "A", "B", "B"]
+    assert all(w.speakers is None for w in labelled[0].words)  # not asked for
+    assert "speakers" not in labelled[0].words[0].model_dump()  # WhisperX's word keeps its shape
+
+
+def test_overlapping_speakers_lists_every_voice_of_a_word() -> None:
+    segments, turns = _overlap_case()
+    plain = assign_speakers(segments, turns)
+    listed = assign_speakers(segments, turns, overlapping=True)
+    assert _labels(listed) == _labels(plain)  # the main speaker does not change
+    assert [w.speakers for w in listed[0].words] == [["A"], ["A", "B"], ["A", "B", "C"], ["B", "A", "C"], ["B"]]
+    assert listed[0].words[1].model_dump()["speakers"] == ["A", "B"]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_overlapping_speakers_are_the_intersecting_turns_main_first(seed: int) -> None:
+    rng = random.Random(1000 + seed)
+    for _ in range(60):
+        segments, turns = _random_segments(rng), _random_turns(rng)
+        listed = assign_speakers(segments, turns, overlapping=True)
+        assert _labels(listed) == _labels(_whisperx(segments, turns))
+        for segment in listed:
+            for w in segment.words:
+                if w.start is None:
+                    assert w.speakers is None
+                    continue
+                end = w.end if w.end is not None else w.start
+                met = {t.speaker for t in turns if min(t.end, end) - max(t.start, w.start) > 0}
+                assert w.speakers is not None
+                if met:
+                    assert set(w.speakers) == met and len(w.speakers) == len(met)
+                    assert w.speakers[0] == w.speaker
+                else:  # nearest speaker alone (none when whisperx leaves a falsy label unset)
+                    assert w.speakers == ([w.speaker] if w.speaker not in (None, "OLD") else [])
+
+
+def test_speech_seconds_count_overlap_once() -> None:
+    turns = [SpeakerTurn(start=0.0, end=5.0, speaker="A"), SpeakerTurn(start=3.0, end=8.0, speaker="B"),
+             SpeakerTurn(start=4.0, end=4.5, speaker="C"), SpeakerTurn(start=10.0, end=11.0, speaker="A")]
+    assert speakers.speech_seconds(turns) == pytest.approx(9.0)
+    assert speakers.speech_seconds([]) == 0.0

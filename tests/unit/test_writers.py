@@ -14,10 +14,12 @@ from whisperx_service.schema import (
     AlignmentInfo,
     DiarizationInfo,
     Segment,
+    SpeakerTurn,
     TranscriptionResponse,
     Word,
     WordTimestampMethod,
 )
+from whisperx_service.speakers import assign_speakers
 from whisperx_service.writers import (
     full_text,
     openai_diarized,
@@ -175,3 +177,19 @@ def test_output_format_is_checked() -> None:
     assert parse_output_format({}, {"output_format": "vtt"}) == "vtt"
     with pytest.raises(InvalidParameter):
         parse_output_format({"output_format": "docx"}, {})
+
+
+def test_overlapping_speakers_only_when_asked_in_json_and_verbose_json() -> None:
+    turns = [SpeakerTurn(start=0.0, end=4.5, speaker="SPEAKER_00"), SpeakerTurn(start=4.0, end=9.0, speaker="SPEAKER_01")]
+    for overlapping in (False, True):
+        segments = assign_speakers(MEETING.segments[:2], turns, overlapping=overlapping)
+        response = _response(segments)
+        words = json.loads(render_transcribe(response, "json", SubtitleOptions()).body)["word_segments"]
+        verbose = json.loads(render_openai(response, "verbose_json", task="transcribe",
+                                           granularities=frozenset({"word"}), temperature=0).body)["words"]
+        for listed in (words, verbose):
+            if overlapping:  # "ask" (4.0-4.4 s) lies in both turns; 0.4 s of each: the earlier turn wins
+                assert listed[5]["speakers"] == ["SPEAKER_00", "SPEAKER_01"] and listed[5]["speaker"] == "SPEAKER_00"
+                assert all(w["speakers"][0] == w["speaker"] for w in listed)
+            else:
+                assert all("speakers" not in w for w in listed)

@@ -265,11 +265,20 @@ class PyannoteBackend:
                 )
         finally:
             stages.end()
-        annotation = getattr(output, "speaker_diarization", output)
-        # pyannote pads audio shorter than its window (10 s) with zeros, and a model may hear a
-        # speaker in that padding: turns are kept inside the recording
-        duration = wave.shape[0] / SAMPLE_RATE
-        return finalize_turns(
-            (max(0.0, segment.start), min(duration, segment.end), str(label))
-            for segment, _, label in annotation.itertracks(yield_label=True)
-        )
+        return turns_of(output, wave.shape[0] / SAMPLE_RATE)
+
+
+def turns_of(output: Any, duration: float) -> list[SpeakerTurn]:
+    """A pipeline's output as speaker turns, overlapped speech kept.
+
+    pyannote 4 returns both ``speaker_diarization`` (every speaker active in a frame, so two
+    people talking at once give two overlapping turns) and ``exclusive_speaker_diarization`` (one
+    speaker per frame, overlap given to one of them); a legacy pipeline returns the former alone.
+    The full one is used: overlapped speech stays in ``speaker_turns``."""
+    annotation = getattr(output, "speaker_diarization", output)
+    # pyannote pads audio shorter than its window (10 s) with zeros, and a model may hear a
+    # speaker in that padding: turns are kept inside the recording
+    return finalize_turns(
+        (max(0.0, segment.start), min(duration, segment.end), str(label))
+        for segment, _, label in annotation.itertracks(yield_label=True)
+    )

@@ -32,6 +32,9 @@ class SpeakerFields(FormFields):
     min_speakers: str | None = form_field("Fewest speakers to find (diarizes).", "2")
     max_speakers: str | None = form_field("Most speakers to find (diarizes).", "4")
     num_speakers: str | None = form_field("Exact number of speakers (diarizes).", "2")
+    overlapping_speakers: str | None = form_field(
+        "true: each word also lists in `speakers` every speaker talking during it (overlapped speech), "
+        "its `speaker` first (diarizes).", "false")
     known_speaker_names: list[str] | None = Field(
         None, alias="known_speaker_names[]", examples=[["Alice", "Bob"]],
         description="Names of up to 4 people who may speak (diarizes); each needs a voice sample "
