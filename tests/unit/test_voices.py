@@ -97,14 +97,11 @@ def test_store_semantics_and_a_restart_keeps_the_voices(make_store: Any) -> None
 
 
 def test_local_voices_are_private_files_beside_the_task_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BENTOML_RESULT_STORE", str(tmp_path / "state" / "task_result.db"))
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    BentoMLContainer.result_store_file.reset()
-    try:
+    # patch, not the variable: the provider keeps the first path any earlier test read
+    with BentoMLContainer.result_store_file.patch(str(tmp_path / "state" / "task_result.db")):
         assert local_voice_dir(Settings()) == tmp_path / "state" / "voices"
-    finally:
-        BentoMLContainer.result_store_file.reset()
     assert local_voice_dir(Settings(voice_dir=tmp_path / "elsewhere")) == tmp_path / "elsewhere"
     assert isinstance(open_voice_store(Settings(job_store="redis://127.0.0.1:1/0")), RedisVoiceStore)
 
