@@ -11,6 +11,7 @@ from bentoml.exceptions import BentoMLException
 from runners.align import Aligner
 from runners.asr import ASR
 from runners.diarize import Diarizer
+from whisperx_service.callbacks import CallbackSender
 from whisperx_service.config import get_settings
 from whisperx_service.guard import GatewayGuard
 from whisperx_service.http import build_app
@@ -50,6 +51,8 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
             self.settings.audio_budget_s(), self.settings.retry_after_s,
             on_reject=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
             on_change=self.metrics.audio_in_flight.set)
+        # Job callbacks: the allowlist (checked at submit and delivery) and the signing key.
+        self.callbacks = CallbackSender.from_settings(self.settings)
         # Async jobs in this process's memory and BentoML's task store, or in a Redis every replica shares.
         store_url = self.settings.redis_job_store()
         self.shared_jobs = SharedJobs(self, self.settings, store_url) if store_url else None

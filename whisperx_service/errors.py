@@ -80,6 +80,16 @@ class JobWorkerLost(ServiceError):
     code = "job_worker_lost"
 
 
+class CallbackRefused(InvalidRequest):
+    """A job's callback_url this service will not call: callbacks off, a scheme other than
+    http(s), or a host (or an address it resolves to) outside WXS_CALLBACK_ALLOWED_HOSTS."""
+
+    code = "callback_refused"
+
+    def __init__(self, message: str, *, param: str | None = "callback_url") -> None:
+        super().__init__(message, param=param)
+
+
 class MissingFile(InvalidRequest):
     code = "missing_file"
 

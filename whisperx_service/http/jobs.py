@@ -24,6 +24,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from ..audio import check_upload_type, decode_pcm
+from ..callbacks import CallbackSender, CallbackTarget, callback_body
 from ..errors import JobNotFound, ServiceError, internal_error
 from ..jobs import JobBoard, JobRecord, result_stored, stored_status
 from ..logs import bind_request_id
@@ -48,6 +49,11 @@ class JobFormFields(BaseModel):
     """
 
     declared_type: SkipJsonSchema[str | None] = None
+    callback_url: str | None = Field(
+        None, description="POSTed to (signed JSON: task_id, state, result_url) when the job ends; its host "
+        "must be in WXS_CALLBACK_ALLOWED_HOSTS.", examples=["https://hooks.example.com/asr-done"])
+    callback_auth_header: str | None = Field(
+        None, description="Sent as the callback's Authorization header.", examples=["Bearer s3cret"])
 
     @model_validator(mode="before")
     @classmethod
@@ -118,7 +124,7 @@ class JobTasks:
         return board
 
     async def _run_job(self: Any, ctx: bentoml.Context, kind: str, result_url: str,
-                       work: Callable[[str, JobRecord], Awaitable[Response]]) -> Response:
+                       work: Callable[[str, JobRecord], Awaitable[Response]], form: JobFormFields) -> Response:
         task_id = str(getattr(ctx.request.state, "task_id", "") or "sync")
         request_id = task_id[:16]
         record = self.job_board.start(task_id, kind, f"{result_url}?task_id={task_id}")
@@ -128,13 +134,31 @@ class JobTasks:
             except ServiceError as exc:
                 logger.warning("job %s failed: %s", task_id, exc.message)
                 record.fail(exc.to_body(request_id))
+                self._callback_when_stored(ctx, form, record)
                 return JSONResponse(exc.to_body(request_id), status_code=exc.status_code)
+            except Exception:
+                record.fail(internal_error().to_body(request_id))
+                self._callback_when_stored(ctx, form, record)
+                raise
             except BaseException:
                 record.fail(internal_error().to_body(request_id))
                 raise
             record.finish()
             logger.info("job %s done", task_id)
+            self._callback_when_stored(ctx, form, record)
             return response
+
+    def _callback_when_stored(self: Any, ctx: bentoml.Context, form: JobFormFields, record: JobRecord) -> None:
+        """The job's callback, in the background once BentoML has stored its answer (local job store)."""
+        if not form.callback_url:
+            return
+        target = CallbackTarget(form.callback_url, form.callback_auth_header)
+        base = self.settings.public_url or str(ctx.request.base_url)
+        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("_callback_tasks", set())
+        task = asyncio.create_task(_deliver_local(self.callbacks, record, target, base.rstrip("/")),
+                                   name=f"wxs-callback-{record.progress.task_id[:16]}")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     @bentoml.task(route="/jobs/transcribe", input_spec=TranscribeJobInput)
     async def transcribe_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
@@ -144,7 +168,7 @@ class JobTasks:
         async def work(request_id: str, record: JobRecord) -> Response:
             return await run_job(self, form, request_id, record)
 
-        return await self._run_job(ctx, "transcribe", "/jobs/transcribe/get", work)
+        return await self._run_job(ctx, "transcribe", "/jobs/transcribe/get", work, form)
 
     @bentoml.task(route="/v1/audio/transcriptions/jobs", input_spec=TranscriptionJobInput)
     async def transcription_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
@@ -154,7 +178,24 @@ class JobTasks:
         async def work(request_id: str, record: JobRecord) -> Response:
             return await run_job(self, form, request_id, record)
 
-        return await self._run_job(ctx, "transcription", "/v1/audio/transcriptions/jobs/get", work)
+        return await self._run_job(ctx, "transcription", "/v1/audio/transcriptions/jobs/get", work, form)
+
+
+STORED_WAIT_S = 30.0
+
+
+async def _deliver_local(sender: CallbackSender, record: JobRecord, target: CallbackTarget, base_url: str) -> None:
+    """Wait (bounded) until BentoML's store holds the answer, so result_url answers at once; then deliver."""
+    progress = record.progress
+    with bind_request_id(progress.task_id[:16]):
+        deadline = time.monotonic() + STORED_WAIT_S
+        while not await asyncio.to_thread(result_stored, progress.task_id) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        body = callback_body(progress.task_id, progress.state.value, base_url + progress.result_url, progress.error)
+        try:
+            await sender.deliver(progress.task_id, target, body, deadline=time.time() + sender.retry_total_s)
+        except Exception:  # noqa: BLE001 - a background task: its failure is logged, nothing else to tell
+            logger.exception("callback of job %s: unforeseen failure", progress.task_id)
 
 
 router = APIRouter(tags=["async jobs"])
