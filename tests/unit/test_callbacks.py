@@ -64,6 +64,22 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body() -> None:
     assert not verify_signature(KEY, "soon", f"v1={expected}", body)
 
 
+def test_the_readme_verifier_accepts_our_signature() -> None:
+    from tests.data import PROJECT
+
+    readme = (PROJECT / "README.md").read_text()
+    section = readme[readme.index("### Job callbacks"):]
+    snippet = section[section.index("```python") + len("```python"):]
+    namespace: dict[str, Any] = {}
+    exec(snippet[:snippet.index("```")], namespace)  # noqa: S102 - the README's own code, tested
+    sender = CallbackSender(CallbackPolicy([]), KEY)
+    body = callback_body("t", "completed", "u", None)
+    headers = {name.title().replace("Wxs", "WXS"): value for name, value in sender.headers("t", body, 1, None).items()}
+    assert namespace["verify"](KEY, headers, body)
+    assert not namespace["verify"](KEY, headers, body[:-1] + b" ")
+    assert not namespace["verify"](b"wrong", headers, body)
+
+
 def test_failed_body_carries_the_error_code() -> None:
     error = {"error": {"message": "bad format", "type": "invalid_request_error", "code": "invalid_value"}}
     body = json.loads(callback_body("t", "failed", "u", error))

@@ -3,7 +3,9 @@
 `JobTasks` is a mixin of the gateway service: each task is a BentoML task endpoint, so BentoML
 gives it ``<route>/submit`` (a task id at once), ``<route>/status`` and ``<route>/get`` (results
 in BentoML's result store, kept for 24 h). Each job takes the same form model as its sync route
-and goes through the same envelope; ``GET /jobs/{task_id}`` reads its progress record.
+and goes through the same envelope; ``GET /jobs/{task_id}`` reads its progress record. A job
+with ``callback_url`` is called back when it ends (`whisperx_service.callbacks`), once BentoML has
+stored its answer.
 """
 
 from __future__ import annotations

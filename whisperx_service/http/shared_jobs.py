@@ -435,7 +435,8 @@ def _store_down(shared: SharedJobs) -> Unavailable:
 
 class SharedJobRoutes:
     """ASGI middleware (inside the guard): the job routes go to `jobs_app` when the gateway has a
-    shared job store, everything else (and every route of a local-store gateway) to BentoML."""
+    shared job store, everything else (and every route of a local-store gateway) to BentoML; a
+    local-store submit with its callback fields checked on the way (`checked_submit`)."""
 
     def __init__(self, app: ASGIApp, gateway: Callable[[], Any]) -> None:
         self.app = app
