@@ -37,7 +37,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpcore
@@ -219,10 +219,10 @@ class Outcome:
     delivered: bool
     attempts: int
     status_code: int | None
-    reason: str  # delivered, client_error, redirect, refused, gave_up
+    reason: str  # delivered, client_error, redirect, refused, gave_up, taken_over
 
     @property
-    def state(self) -> str:
+    def state(self) -> Literal["delivered", "failed"]:
         return "delivered" if self.delivered else "failed"
 
 
@@ -266,15 +266,17 @@ class CallbackSender:
 
     async def deliver(self, task_id: str, target: CallbackTarget, body: bytes, *, deadline: float,
                       first_attempt: int = 1,
-                      on_attempt: Callable[[int], Awaitable[None]] | None = None) -> Outcome:
-        """POST `body` until a 2xx, a final answer, or `deadline` (unix time) passes."""
+                      on_attempt: Callable[[int], Awaitable[bool | None]] | None = None) -> Outcome:
+        """POST `body` until a 2xx, a final answer, or `deadline` (unix time) passes. `on_attempt`
+        is awaited before each POST; False from it stops the delivery (another gateway holds it)."""
         attempt = first_attempt - 1
         status: int | None = None
         async with self.client() as client:
             while True:
                 attempt += 1
-                if on_attempt is not None:
-                    await on_attempt(attempt)
+                if on_attempt is not None and await on_attempt(attempt) is False:
+                    logger.warning("callback of job %s: taken over by another gateway", task_id)
+                    return Outcome(False, attempt - 1, status, "taken_over")
                 try:
                     response = await client.post(target.url, content=body,
                                                  headers=self.headers(task_id, body, attempt, target.auth_header))

@@ -38,7 +38,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .schema import JobProgress, JobState
+from .schema import CallbackProgress, JobProgress, JobState
 
 KEY_PREFIX = "wxs:"
 STREAM = f"{KEY_PREFIX}jobs"
@@ -52,6 +52,9 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, 1)
 if #due == 0 then return false end
 redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), due[1])
 return due[1]
+"""
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 """
 # Extend the lease of a callback still in the set (XX: one already done is not put back).
 _RENEW_CALLBACK = """
@@ -166,8 +169,17 @@ class RedisJobStore:
                          progress=JobProgress.model_validate_json(raw[3]), has_callback=raw[4] is not None)
 
     async def progress(self, task_id: str) -> JobProgress | None:
-        raw: Any = await self.redis.hget(job_key(task_id), "progress")
-        return None if raw is None else JobProgress.model_validate_json(raw)
+        """The progress record, with its callback's delivery state when the job has a callback."""
+        raw: list[Any] = await self.redis.hmget(job_key(task_id), [
+            "progress", "callback", "callback_state", "callback_attempts", "callback_status"])
+        if raw[0] is None:
+            return None
+        progress = JobProgress.model_validate_json(raw[0])
+        if raw[1] is None:
+            return progress
+        callback = CallbackProgress(state=(raw[2] or b"pending").decode(), attempts=int(raw[3] or 0),
+                                    status_code=int(raw[4]) if raw[4] and int(raw[4]) else None)
+        return progress.model_copy(update={"callback": callback})
 
     async def status(self, task_id: str) -> dict[str, Any] | None:
         """BentoML's task status shape: task_id, status, created_at, executed_at (ISO times)."""
@@ -220,10 +232,19 @@ class RedisJobStore:
 
     # --- callbacks ---
 
-    async def claim_callback(self, lease_s: float) -> str | None:
-        """A callback due for delivery, leased to the caller for `lease_s` (renew it while delivering)."""
+    async def claim_callback(self, consumer: str, lease_s: float) -> str | None:
+        """A callback due for delivery, leased to `consumer` for `lease_s` (renew it while delivering)."""
         raw: Any = await self.redis.eval(_CLAIM_CALLBACK, 1, CALLBACKS, int(lease_s * 1000))
-        return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+        if raw is None:
+            return None
+        task_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        # Who holds it now: a holder that stalled past its lease sees this before its next attempt.
+        await self.redis.eval(_SET_IF_EXISTS, 1, job_key(task_id), "callback_owner", consumer)
+        return task_id
+
+    async def callback_owner(self, task_id: str) -> str | None:
+        raw: Any = await self.redis.hget(job_key(task_id), "callback_owner")
+        return None if raw is None else raw.decode()
 
     async def renew_callback(self, task_id: str, lease_s: float) -> None:
         await self.redis.eval(_RENEW_CALLBACK, 1, CALLBACKS, int(lease_s * 1000), task_id)

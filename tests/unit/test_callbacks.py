@@ -309,7 +309,7 @@ def test_two_gateways_deliver_each_callback_once_and_take_over_a_dead_ones(redis
     from whisperx_service.lifecycle import Lifecycle
     from whisperx_service.schema import JobState
 
-    settings = Settings(job_store=redis_url, job_visibility_timeout_s=1.0, callback_allowed_hosts="127.0.0.1/32",
+    settings = Settings(job_store=redis_url, job_visibility_timeout_s=5.0, callback_allowed_hosts="127.0.0.1/32",
                         callback_signing_key=KEY.decode(), callback_backoff_initial_s=0.05,
                         callback_backoff_max_s=0.2, callback_retry_total_s=10)
 
@@ -322,6 +322,16 @@ def test_two_gateways_deliver_each_callback_once_and_take_over_a_dead_ones(redis
         store = gateways[0].store
         await store.redis.flushdb()
         await store.ensure_group()
+        # a gateway that claimed a callback and died: its lease runs out, another delivers it
+        url = rx.answer("/orphan", 200)
+        orphan = await store.submit("transcribe", {}, None, b"audio",
+                                    {"url": url, "auth_header": None, "base_url": "http://gw"})
+        job = await store.job(orphan)
+        assert job is not None
+        await store.finish(orphan, job.progress.model_copy(update={"state": JobState.failed}),
+                           StoredAnswer(503, "application/json", b"{}"), time.time() + 10)
+        assert await store.claim_callback("dead-gateway", lease_s=1.5) == orphan
+        claimed_at = time.monotonic()
         task_ids = []
         for n in range(6):  # half answered 500 first: retried by whichever gateway holds them
             url = rx.answer(f"/job{n}", *([500, 200] if n % 2 else [200]))
@@ -333,16 +343,6 @@ def test_two_gateways_deliver_each_callback_once_and_take_over_a_dead_ones(redis
             await store.finish(task_id, progress, StoredAnswer(200, "application/json", b"{}"),
                                time.time() + settings.callback_retry_total_s)
             task_ids.append(task_id)
-        # a gateway that claimed one more callback and died: its lease runs out, another delivers it
-        url = rx.answer("/orphan", 200)
-        orphan = await store.submit("transcribe", {}, None, b"audio",
-                                    {"url": url, "auth_header": None, "base_url": "http://gw"})
-        job = await store.job(orphan)
-        assert job is not None
-        await store.finish(orphan, job.progress.model_copy(update={"state": JobState.failed}),
-                           StoredAnswer(503, "application/json", b"{}"), time.time() + 10)
-        assert await store.claim_callback(lease_s=1.5) is not None  # taken first: by the dead one
-        claimed_at = time.monotonic()
         for gateway in gateways:
             gateway._callback_task = asyncio.create_task(gateway._deliver_callbacks())
         deadline = time.monotonic() + 30
@@ -352,12 +352,31 @@ def test_two_gateways_deliver_each_callback_once_and_take_over_a_dead_ones(redis
         orphan_hits = rx.hits_to("/orphan")
         assert len(orphan_hits) == 1 and json.loads(orphan_hits[0].body)["state"] == "failed"
         assert time.monotonic() - claimed_at >= 1.0  # not before the dead gateway's lease ran out
-        await asyncio.sleep(1.5)  # past a lease: nothing is delivered twice
+        await asyncio.sleep(1.0)  # nothing more comes: each delivered once
         for n, task_id in enumerate(task_ids):
             hits = rx.hits_to(f"/job{n}")
             assert [json.loads(h.body)["task_id"] for h in hits] == [task_id] * (2 if n % 2 else 1)
             stored = await store.callback(task_id)
             assert stored is not None and (stored.state, stored.attempts) == ("delivered", 2 if n % 2 else 1)
+            progress = await store.progress(task_id)  # what GET /jobs/{task_id} answers
+            assert progress is not None and progress.callback is not None
+            assert progress.callback.model_dump() == {"state": "delivered", "attempts": 2 if n % 2 else 1,
+                                                      "status_code": 200}
+        # a gateway that stalled past its lease finds its callback taken over: it POSTs nothing more
+        url = rx.answer("/stalled", 200)
+        stalled = await store.submit("transcribe", {}, None, b"audio",
+                                     {"url": url, "auth_header": None, "base_url": "http://gw"})
+        job = await store.job(stalled)
+        assert job is not None
+        for gateway in gateways:
+            assert gateway._callback_task is not None
+            gateway._callback_task.cancel()
+        await store.finish(stalled, job.progress, StoredAnswer(200, "application/json", b"{}"), time.time() + 10)
+        assert await store.claim_callback(gateways[0].consumer, lease_s=0.1) == stalled
+        await asyncio.sleep(0.2)
+        assert await store.claim_callback("other-gateway", lease_s=5) == stalled
+        await gateways[0]._deliver(stalled)
+        assert rx.hits_to("/stalled") == [] and await store.redis.zscore(CALLBACKS, stalled) is not None
         for gateway in gateways:
             await gateway.stop()
 

@@ -30,7 +30,7 @@ from ..callbacks import CallbackSender, CallbackTarget, callback_body
 from ..errors import JobNotFound, ServiceError, internal_error
 from ..jobs import JobBoard, JobRecord, result_stored, stored_status
 from ..logs import bind_request_id
-from ..schema import JobProgress, JobState
+from ..schema import CallbackProgress, JobProgress, JobState
 from ..writers import render_transcribe
 from .envelope import Gateway, GatewayDep, answer, transcribe
 from .forms import UPLOAD_DESCRIPTION
@@ -130,6 +130,8 @@ class JobTasks:
         task_id = str(getattr(ctx.request.state, "task_id", "") or "sync")
         request_id = task_id[:16]
         record = self.job_board.start(task_id, kind, f"{result_url}?task_id={task_id}")
+        if form.callback_url:
+            record.callback("pending")
         with bind_request_id(request_id), self.lifecycle.hold():
             try:
                 response = await work(request_id, record)
@@ -194,10 +196,18 @@ async def _deliver_local(sender: CallbackSender, record: JobRecord, target: Call
         while not await asyncio.to_thread(result_stored, progress.task_id) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         body = callback_body(progress.task_id, progress.state.value, base_url + progress.result_url, progress.error)
+
+        async def attempted(attempt: int) -> None:
+            record.callback("pending", attempt)
+
         try:
-            await sender.deliver(progress.task_id, target, body, deadline=time.time() + sender.retry_total_s)
+            outcome = await sender.deliver(progress.task_id, target, body, deadline=time.time() + sender.retry_total_s,
+                                           on_attempt=attempted)
         except Exception:  # noqa: BLE001 - a background task: its failure is logged, nothing else to tell
             logger.exception("callback of job %s: unforeseen failure", progress.task_id)
+            record.callback("failed", (record.progress.callback or CallbackProgress(state="failed")).attempts)
+            return
+        record.callback(outcome.state, outcome.attempts, outcome.status_code)
 
 
 router = APIRouter(tags=["async jobs"])

@@ -192,7 +192,7 @@ class SharedJobs:
             await slots.acquire()
             task_id: str | None = None
             try:
-                task_id = await self.store.claim_callback(self._callback_lease_s())
+                task_id = await self.store.claim_callback(self.consumer, self._callback_lease_s())
             except (RedisError, OSError) as exc:
                 logger.warning("job store unreachable for callbacks (%s)", type(exc).__name__)
             if task_id is None:
@@ -227,13 +227,21 @@ class SharedJobs:
                     outcome = await self.gateway.callbacks.deliver(
                         task_id, CallbackTarget(stored.url, stored.auth_header), body, deadline=stored.deadline,
                         first_attempt=stored.attempts + 1,
-                        on_attempt=lambda _: self.store.callback_attempt(task_id))
+                        on_attempt=lambda _: self._callback_attempt(task_id))
                 finally:
                     done.set()
                     await lease
-                await self.store.callback_done(task_id, outcome.state, outcome.status_code)
+                if outcome.reason != "taken_over":  # else the gateway that took it over ends it
+                    await self.store.callback_done(task_id, outcome.state, outcome.status_code)
             except (RedisError, OSError) as exc:  # still in the set: taken over when its lease ends
                 logger.error("callback of job %s: job store lost (%s)", task_id, type(exc).__name__)
+
+    async def _callback_attempt(self, task_id: str) -> bool:
+        """Before each POST: still this gateway's (not taken over after a stall), then counted."""
+        if await self.store.callback_owner(task_id) != self.consumer:
+            return False
+        await self.store.callback_attempt(task_id)
+        return True
 
     async def _renew_callback(self, task_id: str, done: asyncio.Event) -> None:
         every = self._callback_lease_s() / 4
