@@ -28,8 +28,10 @@ ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 _KEEP = max(MAX_URL_CHARS, MAX_AUTH_CHARS) + 1  # more than any accepted value: the check refuses it
 
 
-class _Refused(Exception):
-    """Raised into BentoML from `receive`: the body stops before BentoML could store the task."""
+class _Refused(BaseException):  # noqa: N818 - a signal, not an error
+    """Raised into BentoML from `receive`: the body stops before BentoML could store the task.
+    Not an `Exception`: BentoML's submit logs every Exception as an ERROR with its traceback, and
+    this is a client's 400, not a failure of ours."""
 
 
 class CallbackFieldReader:
@@ -135,7 +137,7 @@ async def checked_submit(app: ASGIApp, scope: Scope, receive: Callable[[], Await
 
     try:
         await app(scope, reading_receive, dropping_send)
-    except Exception:  # noqa: BLE001 - only what our stop of the body caused is swallowed
+    except BaseException:  # only what our stop of the body caused (perhaps in an exception group)
         if refused is None:
             raise
     if refused is not None:
