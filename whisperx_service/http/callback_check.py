@@ -110,6 +110,10 @@ async def checked_submit(app: ASGIApp, scope: Scope, receive: Callable[[], Await
     except ServiceError as error:
         await send_error(error)
         return
+    except Exception as exc:  # noqa: BLE001 - a boundary python-multipart refuses: BentoML's parse answers it
+        logger.debug("callback fields not read (%s)", type(exc).__name__)
+        await app(scope, receive, send)
+        return
     refused: ServiceError | None = None
     unreadable = False
 
