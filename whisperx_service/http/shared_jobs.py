@@ -112,6 +112,7 @@ class SharedJobs:
             self._consumer_task.cancel()
         if self._callback_task is not None:  # a callback cut off here is taken over when its lease ends
             self._callback_task.cancel()
+            await asyncio.wait([self._callback_task], timeout=5)
         for task in list(self._running):  # past the drain: their entries are run again elsewhere
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -188,25 +189,27 @@ class SharedJobs:
     async def _deliver_callbacks(self) -> None:
         slots = asyncio.Semaphore(CALLBACKS_AT_ONCE)
         running: set[asyncio.Task[None]] = set()
-        while not self._stopping:
-            await slots.acquire()
-            task_id: str | None = None
-            try:
-                task_id = await self.store.claim_callback(self.consumer, self._callback_lease_s())
-            except (RedisError, OSError) as exc:
-                logger.warning("job store unreachable for callbacks (%s)", type(exc).__name__)
-            if task_id is None:
-                slots.release()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._callback_due.wait(), CALLBACK_POLL_S)
-                self._callback_due.clear()
-                continue
-            task = asyncio.create_task(self._deliver(task_id), name=f"wxs-callback-{task_id[:16]}")
-            running.add(task)
-            task.add_done_callback(running.discard)
-            task.add_done_callback(lambda _: slots.release())
-        for task in list(running):
-            task.cancel()
+        try:
+            while not self._stopping:
+                await slots.acquire()
+                task_id: str | None = None
+                try:
+                    task_id = await self.store.claim_callback(self.consumer, self._callback_lease_s())
+                except (RedisError, OSError) as exc:
+                    logger.warning("job store unreachable for callbacks (%s)", type(exc).__name__)
+                if task_id is None:
+                    slots.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._callback_due.wait(), CALLBACK_POLL_S)
+                    self._callback_due.clear()
+                    continue
+                task = asyncio.create_task(self._deliver(task_id), name=f"wxs-callback-{task_id[:16]}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:  # deliveries cut off here are taken over by another gateway when their lease ends
+            for task in list(running):
+                task.cancel()
 
     def _callback_lease_s(self) -> float:
         return self.settings.job_visibility_timeout_s
