@@ -130,7 +130,7 @@ class JobTasks:
         task_id = str(getattr(ctx.request.state, "task_id", "") or "sync")
         request_id = task_id[:16]
         record = self.job_board.start(task_id, kind, f"{result_url}?task_id={task_id}")
-        if form.callback_url:
+        if form.callback_url and task_id != "sync":
             record.callback("pending")
         with bind_request_id(request_id), self.lifecycle.hold():
             try:
@@ -155,6 +155,10 @@ class JobTasks:
     def _callback_when_stored(self: Any, ctx: bentoml.Context, form: JobFormFields, record: JobRecord) -> None:
         """The job's callback, in the background once BentoML has stored its answer (local job store)."""
         if not form.callback_url:
+            return
+        if not getattr(ctx.request.state, "task_id", None):  # BentoML's sync call of the task: no job
+            logger.info("callback_url ignored: %s was called synchronously, not submitted as a job",
+                        ctx.request.url.path)
             return
         target = CallbackTarget(form.callback_url, form.callback_auth_header)
         base = self.settings.public_url or str(ctx.request.base_url)
