@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pydantic import BaseModel, Field
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..callbacks import CALLBACK_FIELDS, MAX_AUTH_CHARS, MAX_URL_CHARS, CallbackPolicy
@@ -26,6 +27,16 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 _KEEP = max(MAX_URL_CHARS, MAX_AUTH_CHARS) + 1  # more than any accepted value: the check refuses it
+
+
+class CallbackFields(BaseModel):
+    """The job forms' callback fields (both job APIs, both job stores)."""
+
+    callback_url: str | None = Field(
+        None, description="POSTed to (signed JSON: task_id, state, result_url) when the job ends; its host "
+        "must be in WXS_CALLBACK_ALLOWED_HOSTS.", examples=["https://hooks.example.com/asr-done"])
+    callback_auth_header: str | None = Field(
+        None, description="Sent as the callback's Authorization header.", examples=["Bearer s3cret"])
 
 
 class _Refused(BaseException):  # noqa: N818 - a signal, not an error

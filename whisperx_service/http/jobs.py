@@ -32,6 +32,7 @@ from ..jobs import JobBoard, JobRecord, result_stored, stored_status
 from ..logs import bind_request_id
 from ..schema import CallbackProgress, JobProgress, JobState
 from ..writers import render_transcribe
+from .callback_check import CallbackFields
 from .envelope import Gateway, GatewayDep, answer, transcribe
 from .forms import UPLOAD_DESCRIPTION
 from .openai import TranscriptionForm, openai_transcription
@@ -51,11 +52,6 @@ class JobFormFields(BaseModel):
     """
 
     declared_type: SkipJsonSchema[str | None] = None
-    callback_url: str | None = Field(
-        None, description="POSTed to (signed JSON: task_id, state, result_url) when the job ends; its host "
-        "must be in WXS_CALLBACK_ALLOWED_HOSTS.", examples=["https://hooks.example.com/asr-done"])
-    callback_auth_header: str | None = Field(
-        None, description="Sent as the callback's Authorization header.", examples=["Bearer s3cret"])
 
     @model_validator(mode="before")
     @classmethod
@@ -77,13 +73,13 @@ def _as_text(value: Any) -> Any:
     return value
 
 
-class TranscribeJobInput(TranscribeForm, JobFormFields, IODescriptor):
+class TranscribeJobInput(TranscribeForm, JobFormFields, CallbackFields, IODescriptor):
     """/transcribe's form as a job: the same fields, and the recording BentoML spools."""
 
     audio_file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
 
 
-class TranscriptionJobInput(TranscriptionForm, JobFormFields, IODescriptor):
+class TranscriptionJobInput(TranscriptionForm, JobFormFields, CallbackFields, IODescriptor):
     """/v1/audio/transcriptions' form as a job; granularities comma-separated."""
 
     file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
@@ -126,7 +122,7 @@ class JobTasks:
         return board
 
     async def _run_job(self: Any, ctx: bentoml.Context, kind: str, result_url: str,
-                       work: Callable[[str, JobRecord], Awaitable[Response]], form: JobFormFields) -> Response:
+                       work: Callable[[str, JobRecord], Awaitable[Response]], form: CallbackFields) -> Response:
         task_id = str(getattr(ctx.request.state, "task_id", "") or "sync")
         request_id = task_id[:16]
         record = self.job_board.start(task_id, kind, f"{result_url}?task_id={task_id}")
@@ -152,7 +148,7 @@ class JobTasks:
             self._callback_when_stored(ctx, form, record)
             return response
 
-    def _callback_when_stored(self: Any, ctx: bentoml.Context, form: JobFormFields, record: JobRecord) -> None:
+    def _callback_when_stored(self: Any, ctx: bentoml.Context, form: CallbackFields, record: JobRecord) -> None:
         """The job's callback, in the background once BentoML has stored its answer (local job store)."""
         if not form.callback_url:
             return
