@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+HOLD_S = 3.0
+
 
 @dataclass
 class Hit:
@@ -24,7 +26,8 @@ class Hit:
 
 @dataclass
 class Receiver:
-    """Answers each POST with the next status of `statuses` (the last one repeats)."""
+    """Answers each POST with the next status of `statuses` (the last one repeats); status 0:
+    hold the request for `HOLD_S` (longer than a test's callback timeout), then answer 200."""
 
     host: str = "127.0.0.1"
     statuses: dict[str, list[int]] = field(default_factory=dict)  # path -> statuses in order
@@ -59,6 +62,9 @@ class Receiver:
             seen = sum(1 for hit in self.hits if hit.path == request.path)
         statuses = self.statuses.get(request.path, [200])
         status = statuses[min(seen, len(statuses)) - 1]
+        if status == 0:
+            await asyncio.sleep(HOLD_S)
+            status = 200
         if 300 <= status < 400:
             return web.Response(status=status, headers={"Location": self.url("/redirected")})
         return web.Response(status=status, text="ok" if status < 300 else "no")

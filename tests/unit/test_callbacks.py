@@ -190,6 +190,15 @@ def test_5xx_retried_with_backoff_until_delivered() -> None:
     assert elapsed >= 0.75 * (0.05 + 0.1 + 0.2)  # three backoffs: 0.05, 0.1, 0.2 s (jittered down to 75 %)
 
 
+def test_a_timeout_is_retried() -> None:
+    with receiver() as rx:
+        url = rx.answer("/slow", 0, 200)  # the first held past the 0.5-s timeout
+        outcome = asyncio.run(_sender(CallbackPolicy(["127.0.0.1/32"]), timeout_s=0.5).deliver(
+            "t7", CallbackTarget(url), b"{}", deadline=time.time() + 10))
+        assert (outcome.delivered, outcome.attempts, outcome.status_code) == (True, 2, 200)
+        assert [hit.headers["x-wxs-attempt"] for hit in rx.wait_for("/slow", 2)] == ["1", "2"]
+
+
 def test_4xx_and_redirects_are_final() -> None:
     with receiver() as rx:
         sender = _sender(CallbackPolicy(["127.0.0.1/32"]))
