@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -71,8 +72,8 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def receiver(host: str = "127.0.0.1") -> Iterator[Receiver]:
-    """A `Receiver` serving on `host` and a free port until the block ends."""
+def receiver(host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """A `Receiver` serving on `host` and a free port until the block ends (TLS with `ssl_context`)."""
     found = Receiver(host=host)
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -83,7 +84,7 @@ def receiver(host: str = "127.0.0.1") -> Iterator[Receiver]:
         app.router.add_route("POST", "/{tail:.*}", found._handle)
         runner["r"] = web.AppRunner(app, access_log=None)
         await runner["r"].setup()
-        site = web.TCPSite(runner["r"], host, 0)
+        site = web.TCPSite(runner["r"], host, 0, ssl_context=ssl_context)
         await site.start()
         found.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
         started.set()

@@ -240,6 +240,10 @@ class Settings(BaseSettings):
         None, description="HMAC-SHA256 key that signs every callback (X-WXS-Signature); required when "
         "callback_allowed_hosts is set. Never logged.",
     )
+    callback_ca_file: Path | None = Field(
+        None, description="PEM file of the CAs https callbacks are verified against (an internal CA); "
+        "unset: certifi's public CAs, or SSL_CERT_FILE.",
+    )
     callback_timeout_s: float = Field(10.0, gt=0, description="One callback attempt's time limit.")
     callback_retry_total_s: float = Field(
         600.0, ge=0, description="How long a callback is retried (5xx, connection error, timeout) after "

@@ -10,8 +10,11 @@ import asyncio
 import hashlib
 import hmac
 import json
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -197,6 +200,44 @@ def test_a_timeout_is_retried() -> None:
             "t7", CallbackTarget(url), b"{}", deadline=time.time() + 10))
         assert (outcome.delivered, outcome.attempts, outcome.status_code) == (True, 2, 200)
         assert [hit.headers["x-wxs-attempt"] for hit in rx.wait_for("/slow", 2)] == ["1", "2"]
+
+
+def _tls(tmp_path: Path, name: str) -> tuple[Path, ssl.SSLContext]:
+    """A CA (its PEM file) and a server context with the CA's certificate for `name`."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", f"/CN={name}")
+    (tmp_path / "san.ext").write_text(f"subjectAltName=DNS:{name}\n")
+    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "srv.pem", "-days", "2", "-extfile", "san.ext")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    return tmp_path / "ca.pem", server
+
+
+def test_https_verifies_the_url_host_while_connecting_to_the_checked_address(tmp_path: Path) -> None:
+    ca_file, server = _tls(tmp_path, "hooks.test")
+    resolver = _fixed(["127.0.0.1"])
+    policy = CallbackPolicy(["127.0.0.1/32"], resolver)
+    with receiver(ssl_context=server) as rx:
+        url = rx.answer("/tls", 200).replace("http://127.0.0.1", "https://hooks.test")
+        sender = _sender(policy, retry_total_s=0.5)
+        sender.ca_file = str(ca_file)
+        outcome = asyncio.run(sender.deliver("t8", CallbackTarget(url), b"{}", deadline=time.time() + 5))
+        assert (outcome.delivered, outcome.status_code) == (True, 200)
+        assert resolver.calls == ["hooks.test"]  # resolved once, by the policy, then connected to
+        # the same address under a name the certificate does not carry: TLS refuses it
+        wrong = url.replace("https://hooks.test", "https://other.test")
+        outcome = asyncio.run(sender.deliver("t9", CallbackTarget(wrong), b"{}", deadline=time.time() + 0.3))
+        assert not outcome.delivered and outcome.status_code is None
+        # and without the CA (certifi's public ones) the internal certificate is not trusted
+        public = _sender(policy)
+        outcome = asyncio.run(public.deliver("t10", CallbackTarget(url), b"{}", deadline=time.time() + 0.3))
+        assert not outcome.delivered and outcome.status_code is None
+        assert len(rx.hits_to("/tls")) == 1
 
 
 def test_4xx_and_redirects_are_final() -> None:
