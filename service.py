@@ -43,6 +43,10 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
                            redecode_suspect_chunks=self.settings.redecode_short_chunks),
         )
         self.metrics = GatewayMetrics()
+        # Job callbacks: the allowlist (checked at submit and delivery) and the signing key.
+        self.callbacks = CallbackSender.from_settings(
+            self.settings, on_attempt=self.metrics.callback_attempts.inc,
+            on_outcome=lambda outcome: self.metrics.callbacks.labels(outcome=outcome.reason).inc())
         self.lifecycle = Lifecycle(max_in_flight=self.settings.max_in_flight,
                                    retry_after_s=self.settings.retry_after_s,
                                    grace_s=self.settings.shutdown_grace_s, on_change=self.metrics.in_flight.set)
@@ -51,8 +55,6 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
             self.settings.audio_budget_s(), self.settings.retry_after_s,
             on_reject=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
             on_change=self.metrics.audio_in_flight.set)
-        # Job callbacks: the allowlist (checked at submit and delivery) and the signing key.
-        self.callbacks = CallbackSender.from_settings(self.settings)
         # Async jobs in this process's memory and BentoML's task store, or in a Redis every replica shares.
         store_url = self.settings.redis_job_store()
         self.shared_jobs = SharedJobs(self, self.settings, store_url) if store_url else None

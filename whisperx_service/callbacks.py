@@ -232,8 +232,11 @@ class CallbackSender:
 
     def __init__(self, policy: CallbackPolicy, key: bytes, *, timeout_s: float = 10.0,
                  retry_total_s: float = 600.0, backoff_initial_s: float = 1.0, backoff_max_s: float = 60.0,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, on_attempt: Callable[[], None] | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.policy = policy
+        self.count_attempt = on_attempt  # metrics hooks
+        self.count_outcome = on_outcome
         self.ca_file = ca_file
         self._ssl_context: ssl.SSLContext | None = None
         self._key = key
@@ -246,9 +249,12 @@ class CallbackSender:
         return f"CallbackSender(timeout_s={self.timeout_s}, retry_total_s={self.retry_total_s})"
 
     @classmethod
-    def from_settings(cls, settings: Settings, resolver: Resolver = system_resolver) -> CallbackSender:
+    def from_settings(cls, settings: Settings, resolver: Resolver = system_resolver,
+                      on_attempt: Callable[[], None] | None = None,
+                      on_outcome: Callable[[Outcome], None] | None = None) -> CallbackSender:
         key = settings.callback_signing_key.get_secret_value().encode() if settings.callback_signing_key else b""
-        return cls(CallbackPolicy(settings.callback_allowed_hosts, resolver), key,
+        return cls(CallbackPolicy(settings.callback_allowed_hosts, resolver), key, on_attempt=on_attempt,
+                   on_outcome=on_outcome,
                    timeout_s=settings.callback_timeout_s, retry_total_s=settings.callback_retry_total_s,
                    backoff_initial_s=settings.callback_backoff_initial_s,
                    backoff_max_s=settings.callback_backoff_max_s,
@@ -274,6 +280,13 @@ class CallbackSender:
                       on_attempt: Callable[[int], Awaitable[bool | None]] | None = None) -> Outcome:
         """POST `body` until a 2xx, a final answer, or `deadline` (unix time) passes. `on_attempt`
         is awaited before each POST; False from it stops the delivery (another gateway holds it)."""
+        outcome = await self._deliver(task_id, target, body, deadline, first_attempt, on_attempt)
+        if self.count_outcome is not None:
+            self.count_outcome(outcome)
+        return outcome
+
+    async def _deliver(self, task_id: str, target: CallbackTarget, body: bytes, deadline: float,
+                       first_attempt: int, on_attempt: Callable[[int], Awaitable[bool | None]] | None) -> Outcome:
         attempt = first_attempt - 1
         status: int | None = None
         async with self.client() as client:
@@ -282,6 +295,8 @@ class CallbackSender:
                 if on_attempt is not None and await on_attempt(attempt) is False:
                     logger.warning("callback of job %s: taken over by another gateway", task_id)
                     return Outcome(False, attempt - 1, status, "taken_over")
+                if self.count_attempt is not None:
+                    self.count_attempt()
                 try:
                     response = await client.post(target.url, content=body,
                                                  headers=self.headers(task_id, body, attempt, target.auth_header))

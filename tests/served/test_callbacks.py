@@ -7,6 +7,7 @@ connection; with the Redis job store each callback is delivered once."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,15 @@ def signed(hit: Hit) -> dict[str, Any]:
     return json.loads(hit.body)  # type: ignore[no-any-return]
 
 
+def callback_metrics(served: Served) -> dict[str, float]:
+    """The gateway's callback counters (/metrics): outcomes by name, and attempts."""
+    text = httpx.get(f"{served.url}/metrics", timeout=30).text
+    found = {outcome: float(value) for outcome, value in
+             re.findall(r'^wxs_job_callbacks_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+    attempts = re.search(r"^wxs_job_callback_attempts_total (\S+)$", text, re.M)
+    return {"client_error": 0.0, "delivered": 0.0, **found, "attempts": float(attempts[1]) if attempts else 0.0}
+
+
 def settled_callback(http: httpx.Client, task_id: str, timeout_s: float = 120) -> dict[str, Any]:
     """The job's callback state once its delivery has ended (delivered or failed): no more POSTs."""
     deadline = time.monotonic() + timeout_s
@@ -91,6 +101,7 @@ def test_completed_job_calls_back_signed_after_500s(callback_served: Served, rx:
 
 def test_failed_job_callback_not_retried_on_4xx(callback_served: Served, rx: Receiver) -> None:
     url = rx.answer("/gone", 410, 200)
+    before = callback_metrics(callback_served)
     with callback_served.client() as http:
         submitted = submit(http, "transcription", response_format="docx", callback_url=url)
         assert submitted.status_code == 200, submitted.text
@@ -101,6 +112,9 @@ def test_failed_job_callback_not_retried_on_4xx(callback_served: Served, rx: Rec
     body = signed(hit)
     assert body["state"] == "failed" and body["error"]["code"] == "invalid_value"
     assert "authorization" not in hit.headers
+    after = callback_metrics(callback_served)
+    assert after["client_error"] == before["client_error"] + 1 and after["attempts"] == before["attempts"] + 1
+    assert after["delivered"] == before["delivered"]
 
 
 def test_outside_the_allowlist_refused_at_submit_never_contacted(callback_served: Served) -> None:

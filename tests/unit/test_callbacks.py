@@ -177,13 +177,19 @@ def test_5xx_retried_with_backoff_until_delivered() -> None:
     with receiver() as rx:
         url = rx.answer("/flaky", 500, 503, 502, 200)
         attempts: list[int] = []
+        counted_attempts: list[None] = []
+        outcomes: list[str] = []
 
         async def counted(attempt: int) -> None:
             attempts.append(attempt)
 
+        sender = _sender(CallbackPolicy(["127.0.0.1/32"]))
+        sender.count_attempt = lambda: counted_attempts.append(None)  # the metrics hooks
+        sender.count_outcome = lambda outcome: outcomes.append(outcome.reason)
         started = time.monotonic()
-        outcome = asyncio.run(_sender(CallbackPolicy(["127.0.0.1/32"])).deliver(
+        outcome = asyncio.run(sender.deliver(
             "t2", CallbackTarget(url), b"{}", deadline=time.time() + 10, on_attempt=counted))
+        assert len(counted_attempts) == 4 and outcomes == ["delivered"]
         elapsed = time.monotonic() - started
         hits = rx.hits_to("/flaky")
     assert outcome.delivered and outcome.attempts == 4 and attempts == [1, 2, 3, 4]
