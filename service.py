@@ -21,6 +21,7 @@ from whisperx_service.lifecycle import GATEWAY_SERVICE_NAME, AudioBudget, Lifecy
 from whisperx_service.logs import configure_logging
 from whisperx_service.metrics import GatewayMetrics
 from whisperx_service.pipeline import Pipeline, PipelineLimits
+from whisperx_service.voices import open_voice_store
 
 app = build_app()
 
@@ -58,6 +59,8 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
         # Async jobs in this process's memory and BentoML's task store, or in a Redis every replica shares.
         store_url = self.settings.redis_job_store()
         self.shared_jobs = SharedJobs(self, self.settings, store_url) if store_url else None
+        # Stored voices (POST /v1/speakers), in the same store as the jobs.
+        self.voices = open_voice_store(self.settings)
 
     @bentoml.on_startup
     def _start_shared_jobs(self) -> None:
@@ -68,6 +71,10 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
     async def _stop_shared_jobs(self) -> None:
         if self.shared_jobs is not None:
             await self.shared_jobs.stop()
+
+    @bentoml.on_shutdown
+    async def _close_voices(self) -> None:
+        await self.voices.close()
 
 
 def _current_gateway() -> Gateway | None:

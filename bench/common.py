@@ -39,6 +39,20 @@ def process_role(proc: psutil.Process) -> str:
     return "arbiter" if "serve" in args else Path(args[0]).name if args else "?"
 
 
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds so far of each process of the tree, by role (children of a role fold into it)."""
+    out: dict[str, float] = {}
+    top = psutil.Process(root)
+    for proc in [top, *top.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            role = process_role(proc)
+        except psutil.Error:
+            continue
+        out[role] = out.get(role, 0.0) + times.user + times.system + times.children_user + times.children_system
+    return out
+
+
 class TreeMemory(threading.Thread):
     """Samples the RSS of a process and its children every 0.5 s; keeps the peak of the sum and
     each process's own peak (by role: arbiter, whisperx gateway, asr, align, diarize)."""

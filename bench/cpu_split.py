@@ -21,26 +21,11 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import soundfile
-from common import process_role, serve_graph, stop_tree
+from common import cpu_by_role, serve_graph, stop_tree
 from throughput import CLIPS
 
 log = logging.getLogger("bench.cpu_split")
-
-
-def cpu_by_role(root: int) -> dict[str, float]:
-    """CPU seconds so far of each process of the tree, by role (children of a role fold into it)."""
-    out: dict[str, float] = {}
-    top = psutil.Process(root)
-    for proc in [top, *top.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            role = process_role(proc)
-        except psutil.Error:
-            continue
-        out[role] = out.get(role, 0.0) + times.user + times.system + times.children_user + times.children_system
-    return out
 
 
 def measure(env: dict[str, str], paths: list[Path]) -> dict[str, float]:

@@ -94,6 +94,14 @@ class Diarizer:
             embed = getattr(self.backend, "voice_print", None)
             return [] if embed is None else [float(x) for x in embed(audio)]
 
+    @bentoml.api
+    def voice_model(self) -> str:
+        """Which model makes `voice_print`'s embeddings ("" when none): the backend and its
+        pipeline's model-store tag. Stored voice prints of another model are not compared."""
+        if getattr(self.backend, "voice_print", None) is None:
+            return ""
+        return f"{self.backend.name}:{self.model_tag}" if self.model_tag else self.backend.name
+
 
 # Bounded keep-alive connections: added replicas of this runner get their share of calls.
 bound_connections(Diarizer)

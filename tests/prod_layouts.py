@@ -335,3 +335,32 @@ def hf_cache_entry(hub: Path, repo_id: str, build: Callable[[Path], object], rev
     (repo_dir / "refs").mkdir(exist_ok=True)
     (repo_dir / "refs" / "main").write_text(revision)
     return snapshot
+
+
+def seed_hub(hub: Path, whisper_base_dir: Path, *, whisper_shape: str = "large-v3", zh_full_size: bool = True,
+             english: bool = True) -> Path:
+    """The seed's production set in one HF cache: faster-whisper large-v3 (`whisper_shape`),
+    speaker-diarization-3.1 with its two sub-model snapshots, the Chinese aligner and (with
+    `english`) the English one. `whisper_base_dir`: a stored whisper-base (large-v3's vocabulary
+    is derived from it)."""
+    hf_cache_entry(hub, WHISPER_LARGE_V3,
+                   lambda d: build_faster_whisper_large_v3(d, whisper_base_dir, shape=whisper_shape))
+    hf_cache_entry(hub, DIARIZATION_3_1, build_speaker_diarization_3_1)
+    hf_cache_entry(hub, SEGMENTATION_3_0, build_segmentation_3_0)
+    hf_cache_entry(hub, WESPEAKER, build_wespeaker_resnet34)
+    hf_cache_entry(hub, ALIGN_ZH, lambda d: build_wav2vec2_zh(d, full_size=zh_full_size))
+    if english:
+        hf_cache_entry(hub, ALIGN_EN, build_wav2vec2_base_960h)
+    return hub
+
+
+def mandarin_recording(dest: Path) -> Path:
+    """The shared AISHELL-1 utterances of one speaker, end to end, as one 16-kHz WAV."""
+    import numpy as np
+    import soundfile
+
+    from tests.data import AISHELL_DIR
+
+    audio = np.concatenate([soundfile.read(p, dtype="float32")[0] for p in sorted(AISHELL_DIR.glob("*.wav"))])
+    soundfile.write(dest, audio, 16000, subtype="PCM_16")
+    return dest

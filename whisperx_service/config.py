@@ -3,10 +3,17 @@
 Every knob is an environment variable prefixed ``WXS_`` (``WXS_ASR_MODEL=whisper-tiny-en``,
 ``WXS_DEVICE=cuda``...). The gateway and each runner read the same object, so a value set for
 ``bentoml serve`` reaches every process of the graph. The README lists them all.
+
+A bento can carry settings of its own: ``bentoml build . --arg asr_model=whisper-large-v3``
+records them in the bento (BentoML's bento arguments), and every process that serves it reads
+them back. They decide which models the build packages (each runner declares the models its
+settings name), so they win over a ``WXS_`` variable of the same name: a bento serves the
+models it carries.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from enum import StrEnum
 from functools import lru_cache
@@ -14,7 +21,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+ENV_PREFIX = "WXS_"
 
 
 class DiarizationBackend(StrEnum):
@@ -35,7 +46,18 @@ AUDIO_SECOND_COST_BYTES = 1_920_000
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WXS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, BentoArguments(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     # --- models (BentoML model-store names; `python -m models` puts them there) ---
     asr_model: str = Field(
@@ -213,6 +235,13 @@ class Settings(BaseSettings):
         "node) or a Redis URL (redis://host:6379/0): jobs queued, run and stored there, so any gateway "
         "replica takes a submit, runs it, and answers its progress and result.",
     )
+    voice_dir: Path | None = Field(
+        None, description="Local job store: the directory of stored voices (POST /v1/speakers), one file "
+        "each; unset: voices/ beside BentoML's task store. With a Redis job store voices live in Redis.",
+    )
+    max_stored_voices: int = Field(
+        1000, ge=1, description="Most stored voices (POST /v1/speakers answers 409 when the store holds them).",
+    )
     job_upload_max_mb: int = Field(
         64, ge=1, le=500,
         description="Largest upload of an async job with a Redis job store (413 above): the upload is "
@@ -330,6 +359,44 @@ class Settings(BaseSettings):
         if self.compute_type != "default":
             return self.compute_type
         return "float16" if self.resolved_device() == "cuda" else "int8"
+
+
+class BentoArguments(PydanticBaseSettingsSource):
+    """Settings given as bento arguments (``bentoml build/serve --arg asr_model=...``).
+
+    A name is a setting's field name or its variable (``asr_model``, ``WXS_ASR_MODEL``); a name
+    that is no setting fails, so a typo cannot build a bento that packages the defaults.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        import bentoml
+
+        fields = self.settings_cls.model_fields
+        found: dict[str, Any] = {}
+        unknown: list[str] = []
+        secret: list[str] = []
+        for name, value in vars(bentoml.use_arguments()).items():
+            field = name.lower().removeprefix(ENV_PREFIX.lower())
+            if field not in fields:
+                unknown.append(name)
+                continue
+            if "SecretStr" in str(fields[field].annotation):
+                secret.append(name)
+                continue
+            found[field] = value
+            variable = ENV_PREFIX + field.upper()
+            if os.environ.get(variable, str(value)) != str(value):
+                logger.warning("bento argument %s wins over the variable %s", field, variable)
+        if unknown:
+            raise ValueError(f"bento argument(s) {', '.join(sorted(unknown))} name no setting "
+                             f"(settings: the WXS_ variables of the README, e.g. asr_model)")
+        if secret:  # a bento records its arguments in bento.yaml, and so in every image built
+            raise ValueError(f"bento argument(s) {', '.join(sorted(secret))} are secrets: give them "
+                             f"to the server as WXS_ variables, never to the build")
+        return found
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads them all at once
 
 
 @lru_cache(maxsize=1)

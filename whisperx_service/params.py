@@ -44,6 +44,7 @@ class TranscribeParams:
     task: str = "transcribe"
     prompt: str | None = None  # Whisper's initial prompt (OpenAI's `prompt`)
     speaker_references: tuple[SpeakerReference, ...] = ()  # names for diarized speakers
+    speaker_ids: tuple[str, ...] = ()  # stored voices (POST /v1/speakers) naming them too
     # recording: one language, decided over the recording; per_segment: each speech chunk
     # detected and labelled on its own (code-switching). A given `language` wins over both.
     language_mode: str = RECORDING
@@ -294,15 +295,38 @@ def parse_speaker_references(names: Sequence[str] | None, references: Sequence[s
     return tuple(out)
 
 
+def parse_speaker_ids(ids: Sequence[str] | None) -> tuple[str, ...]:
+    """`known_speaker_ids[]`: ids of stored voices, well formed and distinct (400 naming the field);
+    whether each exists is known only to the store (`whisperx_service.voices.resolve_voices`)."""
+    from .errors import UnsupportedValue
+    from .voices import is_voice_id
+
+    ids = [i.strip() for i in ids or [] if i.strip()]
+    bad = [i for i in ids if not is_voice_id(i)]
+    if bad:
+        raise UnsupportedValue(f"{bad[0][:60]!r} is not a stored voice's id (POST /v1/speakers gives them)",
+                               param="known_speaker_ids")
+    if len(set(ids)) != len(ids):
+        raise UnsupportedValue("known_speaker_ids[] names one voice twice", param="known_speaker_ids")
+    return tuple(ids)
+
+
 def with_speaker_references(params: TranscribeParams, references: tuple[SpeakerReference, ...],
-                            *, diarize_given: bool) -> TranscribeParams:
-    """`params` naming speakers from `references`: that diarizes, unless `diarize=false` was sent."""
-    if not references:
+                            *, diarize_given: bool, speaker_ids: tuple[str, ...] = ()) -> TranscribeParams:
+    """`params` naming speakers from `references` and stored voices `speaker_ids` (together at
+    most `MAX_KNOWN_SPEAKERS`): that diarizes, unless `diarize=false` was sent."""
+    from .errors import UnsupportedValue
+
+    if not references and not speaker_ids:
         return params
+    if len(references) + len(speaker_ids) > MAX_KNOWN_SPEAKERS:
+        raise UnsupportedValue(
+            f"at most {MAX_KNOWN_SPEAKERS} known speakers, got {len(references)} samples and "
+            f"{len(speaker_ids)} stored voices", param="known_speaker_ids" if speaker_ids else "known_speaker_names")
     if diarize_given and not params.diarize:
         raise InvalidParameter("known speakers are named by diarization: drop diarize=false",
                                param="diarize")
-    return replace(params, diarize=True, speaker_references=references)
+    return replace(params, diarize=True, speaker_references=references, speaker_ids=speaker_ids)
 
 
 def parse_stream(raw: str | None, response_format: str, streamable: Sequence[str], *, openai: bool) -> bool:

@@ -88,6 +88,7 @@ class DiarizeRunner(Protocol):
     async def diarize(self, *, audio: np.ndarray, speakers: SpeakerCounts, speech: list[TimeSpan] | None = None,
                       request_id: str | None = None) -> Any: ...
     async def voice_print(self, *, audio: np.ndarray, request_id: str | None = None) -> Any: ...
+    async def voice_model(self) -> Any: ...
 
 
 # Streaming: (index of the chunk, number of chunks, its segments), called as each chunk settles.
@@ -469,22 +470,29 @@ class Pipeline:
                              request_id: str) -> tuple[list[SpeakerTurn], list[SpeakerMatch]]:
         """Diarized speakers labelled with the names whose voice samples they match (naming.py)."""
         own = solo_speech(turns)
-        clips = [cut(audio, spans) for spans in own.values()] + [k.audio for k in known]
-
-        async def voice_print(clip: np.ndarray) -> np.ndarray:
-            raw = await call_runner(lambda: self.diarizer.voice_print(audio=clip, request_id=request_id))
-            return np.asarray(raw, dtype=np.float32)
-
-        vectors = await asyncio.gather(*(voice_print(clip) for clip in clips))
+        # Stored voices bring their print; samples sent with the request are embedded here.
+        samples = [k.audio for k in known if k.voice_print is None and k.audio is not None]
+        clips = [cut(audio, spans) for spans in own.values()] + samples
+        vectors = list(await asyncio.gather(*(self.voice_print(clip, request_id) for clip in clips)))
         if any(v.size == 0 for v in vectors):  # a backend without a speaker-embedding model
             return turns, [SpeakerMatch(name=k.name) for k in known]
-        speaker_prints, sample_prints = vectors[:len(own)], vectors[len(own):]
+        speaker_prints, embedded = vectors[:len(own)], iter(vectors[len(own):])
+        sample_prints = [k.voice_print if k.voice_print is not None else next(embedded) for k in known]
         matched = match_names(dict(zip(own, speaker_prints, strict=True)),
                               {k.name: v for k, v in zip(known, sample_prints, strict=True)})
         by_name = {name: (label, similarity) for label, (name, similarity) in matched.items()}
         matches = [SpeakerMatch(name=k.name, speaker=by_name[k.name][0], similarity=by_name[k.name][1])
                    if k.name in by_name else SpeakerMatch(name=k.name) for k in known]
         return renamed(turns, {label: name for label, (name, _) in matched.items()}), matches
+
+    async def voice_print(self, audio: np.ndarray, request_id: str | None = None) -> np.ndarray:
+        """The diarization runner's speaker embedding of one voice (empty: its backend has none)."""
+        raw = await call_runner(lambda: self.diarizer.voice_print(audio=audio, request_id=request_id))
+        return np.asarray(raw, dtype=np.float32)
+
+    async def voice_model(self) -> str:
+        """Which model makes the runner's voice prints ("" when none): prints of two models do not compare."""
+        return str(await call_runner(lambda: self.diarizer.voice_model()))
 
     async def _stage(self, clock: StageClock, stage: str, call: Awaitable[T]) -> T:
         return await clock.run(stage, call, timeout_s=self.limits.stage_timeout_s)

@@ -94,21 +94,27 @@ async def decode_speaker_references(references: Sequence[SpeakerReference], sett
                                     ) -> list[KnownSpeaker]:
     """Each voice sample decoded like an upload (spooled alone, allowlisted demuxers, bounded
     decoder); anything but 2-10 s of audio is a 400 naming `known_speaker_references`."""
-    shortest, longest = REFERENCE_SECONDS
     known = []
     for reference in references:
         path = write_spool(reference.data, settings)
         try:
-            pcm = await decode_pcm(path, max_seconds=longest + 1.0, limits=DecodeLimits.from_settings(settings))
-        except InvalidRequest as exc:
-            raise UnsupportedValue(f"the voice sample of {reference.name[:40]!r}: {exc.message}",
-                                   param="known_speaker_references") from None
+            pcm = await decode_voice_sample(path, settings, label=f"the voice sample of {reference.name[:40]!r}",
+                                            param="known_speaker_references")
         finally:
             discard_spool(path)
-        seconds = pcm.shape[0] / SAMPLE_RATE
-        if not shortest <= seconds <= longest:
-            raise UnsupportedValue(
-                f"the voice sample of {reference.name[:40]!r} is {seconds:.1f} s long; send "
-                f"{shortest:.0f}-{longest:.0f} s", param="known_speaker_references")
         known.append(KnownSpeaker(name=reference.name, audio=pcm))
     return known
+
+
+async def decode_voice_sample(path: Path, settings: Settings, *, label: str, param: str) -> np.ndarray:
+    """A spooled voice sample as 16-kHz PCM: anything but 2-10 s of audio is a 400 naming `param`."""
+    shortest, longest = REFERENCE_SECONDS
+    try:
+        pcm = await decode_pcm(path, max_seconds=longest + 1.0, limits=DecodeLimits.from_settings(settings))
+    except InvalidRequest as exc:
+        raise UnsupportedValue(f"{label}: {exc.message}", param=param) from None
+    seconds = pcm.shape[0] / SAMPLE_RATE
+    if not shortest <= seconds <= longest:
+        raise UnsupportedValue(f"{label} is {seconds:.1f} s long; send {shortest:.0f}-{longest:.0f} s",
+                               param=param)
+    return pcm

@@ -1,10 +1,11 @@
 """Run inside a network namespace with loopback only: serve a bento, time its cold start, transcribe.
 
-    python offline_client.py BENTOML_BIN TAG PORT AUDIO OUT_JSON SERVE_LOG WORKDIR
+    python offline_client.py BENTOML_BIN TAG PORT AUDIO OUT_JSON SERVE_LOG WORKDIR [FORM_JSON]
 
 A standalone script (no project imports): the test runs it under `unshare -mn` after mounting the
 model store read-only, so the served bento can neither reach a network nor write its models.
-It writes what it saw to OUT_JSON; the test asserts on that.
+FORM_JSON: the /transcribe form fields (default: 1 to 2 speakers). It writes what it saw to
+OUT_JSON; the test asserts on that.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def network_probe() -> dict[str, object]:
 
 def main() -> int:
     bentoml, tag, port, audio, out, serve_log, workdir = sys.argv[1:8]
+    form = json.loads(sys.argv[8]) if len(sys.argv) > 8 else {"min_speakers": "1", "max_speakers": "2"}
     result: dict[str, object] = {"network": network_probe()}
     url = f"http://127.0.0.1:{port}"
     with open(serve_log, "ab") as log:
@@ -51,7 +53,7 @@ def main() -> int:
             with open(audio, "rb") as fh:
                 t0 = time.monotonic()
                 response = httpx.post(f"{url}/transcribe", files={"audio_file": (Path(audio).name, fh)},
-                                      data={"min_speakers": "1", "max_speakers": "2"}, timeout=600)
+                                      data=form, timeout=600)
             result["transcribe_s"] = round(time.monotonic() - t0, 2)
             result["status"] = response.status_code
             result["body"] = response.json()

@@ -4,11 +4,13 @@ process on a loopback port.
 
 Async jobs are submitted on gateway A and polled and fetched on B; the gateway running a job is
 SIGKILLed mid-job (a pod lost) and the other finishes it; sync requests go through both gateways;
-after the retention nothing is left in Redis and no gateway that exited normally left a temp file.
+a voice stored on A names a speaker on B, and once deleted on B is gone on A; after the retention
+nothing is left in Redis and no gateway that exited normally left a temp file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import subprocess
@@ -200,6 +202,28 @@ def test_sync_requests_through_both_gateways(topology: Topology) -> None:
         assert response.status_code == 200, response.text
         text = " ".join(s["text"] for s in response.json()["segments"])
         assert word_error_rate(JFK_REFERENCE.read_text(), text) <= 0.15, (gateway, text)
+
+
+def test_a_voice_stored_on_a_names_a_speaker_on_b_and_deleted_on_b_is_gone_on_a(topology: Topology) -> None:
+    audio, rate = sf.read(str(JFK_FLAC), dtype="float32")
+    sample = io.BytesIO()
+    sf.write(sample, audio[rate:10 * rate], rate, format="WAV", subtype="PCM_16")
+    with topology.client("A") as a, topology.client("B") as b:
+        stored = a.post("/v1/speakers", data={"name": "Kennedy"},
+                        files={"file": ("kennedy.wav", sample.getvalue(), "audio/wav")})
+        assert stored.status_code == 201, stored.text
+        voice = stored.json()
+        assert redis.Redis.from_url(topology.redis_url).hexists("wxs:voices", voice["id"])
+        assert b.get(f"/v1/speakers/{voice['id']}").json() == voice
+        with JFK_FLAC.open("rb") as fh:
+            named = b.post("/transcribe", files={"audio_file": ("jfk.flac", fh)},
+                           data={"known_speaker_ids[]": [voice["id"]]})
+        assert named.status_code == 200, named.text
+        assert named.json()["diarization"]["known_speakers"][0]["speaker"] == "SPEAKER_00"
+        assert {w["speaker"] for w in named.json()["word_segments"]} == {"Kennedy"}
+        assert b.delete(f"/v1/speakers/{voice['id']}").status_code == 204
+        assert a.get(f"/v1/speakers/{voice['id']}").status_code == 404
+        assert voice["id"] not in {v["id"] for v in a.get("/v1/speakers").json()["data"]}
 
 
 def test_gateway_killed_mid_job_the_other_finishes_it(topology: Topology) -> None:

@@ -26,6 +26,29 @@ def test_solo_speech_leaves_out_overlap_and_takes_the_longest_stretches_first() 
     assert capped["A"] == [(0, 8), (12, 14)]  # longest first, cut at the cap
 
 
+def test_solo_speech_agrees_with_a_sample_by_sample_count_on_random_meetings() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        starts = np.round(rng.uniform(0, 60, 40), 1)
+        turns = [turn(float(s), float(s + round(rng.uniform(0.2, 6), 1)), f"S{rng.integers(4)}")
+                 for s in starts]
+        grid = np.arange(0, 70, 0.05) + 0.025  # midpoints of 50-ms steps
+        talking = {sp: np.zeros(grid.size, bool) for sp in {t.speaker for t in turns}}
+        for t in turns:
+            talking[t.speaker] |= (grid > t.start) & (grid < t.end)
+        count = sum(v.astype(int) for v in talking.values())
+        own = solo_speech(turns, max_seconds=1e9)
+        for speaker, mask in talking.items():
+            alone = mask & (count == 1)
+            covered = np.zeros(grid.size, bool)
+            for start, end in own.get(speaker, []):
+                assert end - start >= 0.4
+                covered |= (grid > start) & (grid < end)
+            assert not (covered & ~alone).any()  # never a moment someone else talks
+            # everything alone is kept except stretches too short to tell a voice
+            assert (alone & ~covered).sum() * 0.05 <= 0.4 * 40
+
+
 def test_names_pair_one_to_one_and_only_above_the_threshold() -> None:
     speakers = {"S0": np.array([1.0, 0.0, 0.0]), "S1": np.array([0.8, 0.6, 0.0])}
     known = {"Ann": np.array([0.9, 0.1, 0.0]), "Bob": np.array([0.7, 0.7, 0.0]),

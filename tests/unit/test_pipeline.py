@@ -275,3 +275,17 @@ def test_known_speakers_name_the_diarized_speakers_their_samples_match() -> None
     assert [(m.name, m.speaker) for m in response.diarization.known_speakers] == [
         ("Ann", "SPEAKER_00"), ("Bob", None)]
     assert "name_speakers" in response.timings
+
+
+def test_a_stored_voice_print_is_used_as_it_is_and_samples_are_still_embedded() -> None:
+    events = Events()
+    stored = np.asarray([float(i == 8) for i in range(16)], dtype=np.float32)  # what 7.5 s prints as
+    known = [KnownSpeaker("Ann", np.zeros(4 * RATE, dtype=np.int16)), KnownSpeaker("Cy", voice_print=stored)]
+    pipeline = Pipeline(FakeASR(events), FakeAligner(events, ["en"]), FakeDiarizer(events))
+    response = asyncio.run(pipeline.run(AUDIO, TranscribeParams(), request_id="test", known_speakers=known))
+    # The speakers' own speech and Ann's sample were embedded; Cy's stored print was not made again.
+    assert sorted(e for e in events.log if e.startswith("voice_print")) == [
+        "voice_print:4", "voice_print:4.5", "voice_print:7.5"]
+    assert [(m.name, m.speaker) for m in response.diarization.known_speakers] == [
+        ("Ann", "SPEAKER_00"), ("Cy", "SPEAKER_01")]
+    assert [s.speaker for s in response.segments] == ["Ann", "Cy", "Cy"]

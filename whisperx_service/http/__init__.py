@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ServiceError, from_http_exception, from_validation_error, internal_error
-from . import jobs, language, openai, page, transcribe
+from . import jobs, language, openai, page, transcribe, voices
 from .envelope import REQUEST_ID_HEADER, request_id_of
 
 logger = logging.getLogger("whisperx_service.gateway")
@@ -34,7 +34,7 @@ def build_app() -> FastAPI:
         # FastAPI's own docs pages load their scripts from a CDN: `page` serves /docs from local files.
         docs_url=None, redoc_url=None,
     )
-    for family in (transcribe, openai, language, jobs, page):
+    for family in (transcribe, openai, voices, language, jobs, page):
         app.include_router(family.router)
     install_error_handlers(app)
     return app

@@ -26,6 +26,7 @@ from ..params import TranscribeParams
 from ..pipeline import ChunkListener, Pipeline, Progress, StageClock
 from ..schema import TranscriptionResponse
 from ..uploads import decode_speaker_references
+from ..voices import resolve_voices
 from ..writers import Rendered
 
 logger = logging.getLogger("whisperx_service.gateway")
@@ -42,6 +43,7 @@ class Gateway(Protocol):
     lifecycle: Any
     audio_budget: AudioBudget
     job_board: Any
+    voices: Any  # whisperx_service.voices.VoiceStore
 
 
 # A route's handle on the gateway instance of this worker (its pipeline, settings, metrics).
@@ -75,6 +77,9 @@ async def transcribe(
         with clock.timed("decode"):
             audio = await decode
             known = await decode_speaker_references(params.speaker_references, gateway.settings)
+            if params.speaker_ids:  # stored voices (POST /v1/speakers)
+                known += await resolve_voices(gateway.voices, params.speaker_ids,
+                                              await gateway.pipeline.voice_model(), [k.name for k in known])
         seconds = audio.shape[0] / SAMPLE_RATE
         if progress is not None:
             progress.audio(seconds)

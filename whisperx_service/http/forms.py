@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Form
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..params import SpeakerReference, parse_speaker_references
+from ..params import SpeakerReference, parse_speaker_ids, parse_speaker_references
 
 # A route's one form model, file included, read as multipart (FastAPI documents every field only
 # when the whole form is one model).
@@ -41,8 +41,16 @@ class SpeakerFields(FormFields):
         description="2-10 s of each named person's voice, as a data URL of audio. A diarized "
                     "speaker whose voice matches a sample is labelled with that name.")
 
+    known_speaker_ids: list[str] | None = Field(
+        None, alias="known_speaker_ids[]", examples=[["spk_0f3c2a9b8d7e4f6a1b2c3d4e5f6a7b8c"]],
+        description="Ids of stored voices (POST /v1/speakers) who may speak (diarizes); with the "
+                    "samples above, at most 4 known speakers.")
+
     def speaker_references(self) -> tuple[SpeakerReference, ...]:
         return parse_speaker_references(self.known_speaker_names, self.known_speaker_references)
+
+    def speaker_ids(self) -> tuple[str, ...]:
+        return parse_speaker_ids(self.known_speaker_ids)
 
 
 class SubtitleFields(FormFields):

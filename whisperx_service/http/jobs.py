@@ -11,6 +11,7 @@ stored its answer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,8 @@ from typing import Any
 
 import bentoml
 from bentoml import IODescriptor
-from fastapi import APIRouter
-from pydantic import BaseModel, Field, model_validator
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
@@ -49,20 +50,41 @@ class JobFormFields(BaseModel):
       go back to the strings the client sent, for the same parsers as the sync routes.
     - BentoML spools the file part to a path and drops its headers: the content type it declared
       is kept in `declared_type` for the job's 415 check, the one the sync routes make.
+    - BentoML keeps one value of a field sent more than once (``known_speaker_ids[]``), and hands
+      the task its fields by name, not by the ``name[]`` alias: every value of each list field is
+      read from the form here, and fields are taken by name too.
     """
 
+    model_config = ConfigDict(populate_by_name=True)
     declared_type: SkipJsonSchema[str | None] = None
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> Any:
+        form = await request.form()  # Starlette keeps it: BentoML's own parse reads the same
+        lists = {field.alias: [v for v in form.getlist(field.alias) if isinstance(v, str)]
+                 for field in cls.model_fields.values()
+                 if field.alias and field.alias.endswith("[]") and field.alias in form}
+        token = _LIST_VALUES.set(lists)
+        try:
+            return await super().from_http_request(request, serde)  # type: ignore[misc]  # IODescriptor's
+        finally:
+            _LIST_VALUES.reset(token)
 
     @model_validator(mode="before")
     @classmethod
     def _as_sent(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        data = {key: _as_text(value) for key, value in data.items()}
+        data = {**{key: _as_text(value) for key, value in data.items()}, **(_LIST_VALUES.get() or {})}
         part = data.get("audio_file", data.get("file"))
         if isinstance(part, UploadFile):
             data["declared_type"] = part.content_type
         return data
+
+
+# The list fields of the form being parsed (JobFormFields.from_http_request), all their values.
+_LIST_VALUES: contextvars.ContextVar[dict[str, list[str]] | None] = contextvars.ContextVar("job_list_values",
+                                                                                           default=None)
 
 
 def _as_text(value: Any) -> Any:

@@ -106,7 +106,7 @@ class TranslationForm(FormFields):
 
     def parse(self, gateway: Gateway, task: str) -> tuple[OpenAIParams, SubtitleOptions]:
         fields = self.model_dump(exclude={"file", "timestamp_granularities", "known_speaker_names",
-                                          "known_speaker_references"})
+                                          "known_speaker_references", "known_speaker_ids"})
         settings = gateway.settings
         params = parse_openai_params(
             fields, self.granularities(), task=task, served_models=served_models(),
@@ -132,7 +132,8 @@ class TranscriptionForm(TranslationForm, SpeakerFields, SubtitleFields):
 
     def parse(self, gateway: Gateway, task: str) -> tuple[OpenAIParams, SubtitleOptions]:
         params, options = super().parse(gateway, task)
-        named = with_speaker_references(params.transcribe, self.speaker_references(), diarize_given=False)
+        named = with_speaker_references(params.transcribe, self.speaker_references(),
+                                        speaker_ids=self.speaker_ids(), diarize_given=False)
         return replace(params, transcribe=named), options
 
 

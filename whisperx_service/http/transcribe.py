@@ -46,11 +46,12 @@ class TranscribeForm(SpeakerFields, SubtitleFields):
 
     def parse(self, gateway: Gateway, query: Mapping[str, str]) -> tuple[TranscribeParams, str, SubtitleOptions]:
         """The pipeline's parameters and the output options (form first, then the query string)."""
-        fields = self.model_dump(exclude={"audio_file", "known_speaker_names", "known_speaker_references"})
+        fields = self.model_dump(exclude={"audio_file", "known_speaker_names", "known_speaker_references",
+                                          "known_speaker_ids"})
         settings = gateway.settings
         params = parse_transcribe_params(fields, query, max_speakers_limit=settings.max_speakers_limit,
                                          default_zh_script=settings.default_zh_script)
-        params = with_speaker_references(params, self.speaker_references(),
+        params = with_speaker_references(params, self.speaker_references(), speaker_ids=self.speaker_ids(),
                                          diarize_given=bool(fields.get("diarize") or query.get("diarize")))
         return params, parse_output_format(fields, query), parse_subtitle_options(fields, query)
 
