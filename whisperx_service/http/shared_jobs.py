@@ -238,6 +238,10 @@ class SharedJobs:
                     await self.store.callback_done(task_id, outcome.state, outcome.status_code)
             except (RedisError, OSError) as exc:  # still in the set: taken over when its lease ends
                 logger.error("callback of job %s: job store lost (%s)", task_id, type(exc).__name__)
+            except Exception:  # noqa: BLE001 - a background task: logged, and ended (not retried forever)
+                logger.exception("callback of job %s: unforeseen failure", task_id)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.store.callback_done(task_id, "failed")
 
     async def _callback_attempt(self, task_id: str) -> bool:
         """Before each POST: still this gateway's (not taken over after a stall), then counted."""
