@@ -11,6 +11,7 @@ from bentoml.exceptions import BentoMLException
 from runners.align import Aligner
 from runners.asr import ASR
 from runners.diarize import Diarizer
+from whisperx_service.callbacks import CallbackSender
 from whisperx_service.config import get_settings
 from whisperx_service.guard import GatewayGuard
 from whisperx_service.http import build_app
@@ -43,6 +44,10 @@ class Gateway(JobTasks):  # JobTasks: the async-job @bentoml.task endpoints
                            redecode_suspect_chunks=self.settings.redecode_short_chunks),
         )
         self.metrics = GatewayMetrics()
+        # Job callbacks: the allowlist (checked at submit and delivery) and the signing key.
+        self.callbacks = CallbackSender.from_settings(
+            self.settings, on_attempt=self.metrics.callback_attempts.inc,
+            on_outcome=lambda outcome: self.metrics.callbacks.labels(outcome=outcome.reason).inc())
         self.lifecycle = Lifecycle(max_in_flight=self.settings.max_in_flight,
                                    retry_after_s=self.settings.retry_after_s,
                                    grace_s=self.settings.shutdown_grace_s, on_change=self.metrics.in_flight.set)

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -259,12 +259,39 @@ class Settings(BaseSettings):
         4, ge=1, description="Redis job store: jobs one gateway runs at once (each also counts in max_in_flight)."
     )
 
+    # --- job callbacks ---
+    callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        [], description="Where job callbacks may go, comma-separated: hostnames (exact, or '*.example.com') "
+        "and CIDRs (10.0.0.0/8, 2001:db8::/32). A host not named here is resolved and every address it "
+        "resolves to must lie in a CIDR. Empty: callback_url is refused (400).",
+    )
+    callback_signing_key: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key that signs every callback (X-WXS-Signature); required when "
+        "callback_allowed_hosts is set. Never logged.",
+    )
+    callback_ca_file: Path | None = Field(
+        None, description="PEM file of the CAs https callbacks are verified against (an internal CA); "
+        "unset: certifi's public CAs, or SSL_CERT_FILE.",
+    )
+    callback_timeout_s: float = Field(10.0, gt=0, description="One callback attempt's time limit.")
+    callback_retry_total_s: float = Field(
+        600.0, ge=0, description="How long a callback is retried (5xx, connection error, timeout) after "
+        "the job ends, backing off exponentially; a 4xx or a redirect is never retried.",
+    )
+    callback_backoff_initial_s: float = Field(1.0, gt=0, description="Wait before a callback's first retry.")
+    callback_backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between callback retries.")
+    public_url: str | None = Field(
+        None, description="Base URL clients reach this service at (https://asr.example.com), for the "
+        "absolute result_url of callbacks. Unset: the base URL the job was submitted to.",
+    )
+
     # --- output ---
     default_zh_script: Literal["simplified", "traditional", "original"] = Field(
         "simplified", description="Script of Chinese output when a request does not say."
     )
 
-    @field_validator("accepted_upload_types", "api_keys", "asr_suppress_tokens", mode="before")
+    @field_validator("accepted_upload_types", "api_keys", "asr_suppress_tokens", "callback_allowed_hosts",
+                     mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -277,6 +304,13 @@ class Settings(BaseSettings):
         if value != "local" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("WXS_JOB_STORE is 'local' or a Redis URL (redis://, rediss://, unix://)")
         return value
+
+    @model_validator(mode="after")
+    def _callbacks_signed(self) -> Settings:
+        if self.callback_allowed_hosts and not (self.callback_signing_key and
+                                                self.callback_signing_key.get_secret_value()):
+            raise ValueError("WXS_CALLBACK_ALLOWED_HOSTS needs WXS_CALLBACK_SIGNING_KEY: every callback is signed")
+        return self
 
     def redis_job_store(self) -> str | None:
         """The Redis URL of the shared job store, or None for the local one."""

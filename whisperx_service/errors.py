@@ -61,6 +61,16 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
 
 
+class CallbackRefused(InvalidRequest):
+    """A job's callback_url this service will not call: callbacks off, a scheme other than
+    http(s), or a host (or an address it resolves to) outside WXS_CALLBACK_ALLOWED_HOSTS."""
+
+    code = "callback_refused"
+
+    def __init__(self, message: str, *, param: str | None = "callback_url") -> None:
+        super().__init__(message, param=param)
+
+
 class JobNotFound(InvalidRequest):
     status_code = 404
     code = "job_not_found"

@@ -13,10 +13,10 @@ import datetime
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import InvalidParameter, JobNotFinished, JobNotFound, ServiceError
-from .schema import JobProgress, JobState
+from .schema import CallbackProgress, JobProgress, JobState
 
 
 class JobRecord:
@@ -47,6 +47,10 @@ class JobRecord:
 
     def fail(self, body: dict[str, Any]) -> None:
         self._touch(state=JobState.failed, stage="failed", error=body)
+
+    def callback(self, state: Literal["pending", "delivered", "failed"], attempts: int = 0,
+                 status_code: int | None = None) -> None:
+        self._touch(callback=CallbackProgress(state=state, attempts=attempts, status_code=status_code))
 
 
 class JobBoard:

@@ -17,6 +17,12 @@ Keys, all under ``wxs:`` (`KEY_PREFIX`):
   progress record (JSON, `JobProgress`), BentoML's status fields, then the answer (status, media
   type, body). Expires `job_retention_s` after the job ends (and, while it waits, that long after
   it was submitted or last started).
+- ``wxs:callbacks``: a sorted set of the jobs whose callback is still to be delivered, scored by
+  the (Redis server) time from which a gateway may take it: 0 when the job ends, then the lease of
+  the gateway delivering it, renewed while it delivers. A gateway that dies mid-delivery stops
+  renewing and another takes the callback over; the job's hash keeps the callback (``callback``:
+  url, Authorization value, base URL) and its delivery state (``callback_state``: pending,
+  delivered or failed; ``callback_attempts``; ``callback_deadline``; ``callback_status``).
 - ``wxs:job:<id>:upload``: the upload's bytes, until the job has an answer (then deleted; the
   same expiry as a safety net). Its size is bounded by ``WXS_JOB_UPLOAD_MAX_MB`` (413 above).
 """
@@ -32,11 +38,30 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .schema import JobProgress, JobState
+from .schema import CallbackProgress, JobProgress, JobState
 
 KEY_PREFIX = "wxs:"
 STREAM = f"{KEY_PREFIX}jobs"
 GROUP = "gateways"
+CALLBACKS = f"{KEY_PREFIX}callbacks"
+# Take the first callback due (score <= server time) and lease it: one gateway gets each.
+_CLAIM_CALLBACK = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, 1)
+if #due == 0 then return false end
+redis.call('ZADD', KEYS[1], 'XX', ms + tonumber(ARGV[1]), due[1])
+return due[1]
+"""
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+"""
+# Extend the lease of a callback still in the set (XX: one already done is not put back).
+_RENEW_CALLBACK = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', 'CH', ms + tonumber(ARGV[1]), ARGV[2])
+"""
 RESULT_PATHS = {"transcribe": "/jobs/transcribe/get", "transcription": "/v1/audio/transcriptions/jobs/get"}
 
 
@@ -56,6 +81,21 @@ class StoredJob:
     kind: str
     fields: dict[str, str | list[str]]
     declared_type: str | None
+    progress: JobProgress
+    has_callback: bool = False
+
+
+@dataclass(frozen=True)
+class StoredCallback:
+    """A job's callback as a delivering gateway reads it."""
+
+    task_id: str
+    url: str
+    auth_header: str | None
+    base_url: str
+    state: str
+    attempts: int
+    deadline: float
     progress: JobProgress
 
 
@@ -99,7 +139,8 @@ class RedisJobStore:
 
     # --- submit, read ---
 
-    async def submit(self, kind: str, fields: dict[str, str | list[str]], declared_type: str | None, upload: bytes) -> str:
+    async def submit(self, kind: str, fields: dict[str, str | list[str]], declared_type: str | None, upload: bytes,
+                     callback: dict[str, str | None] | None = None) -> str:
         task_id = uuid.uuid4().hex
         now = time.time()
         progress = JobProgress(task_id=task_id, kind=kind, state=JobState.queued, stage="queued",
@@ -110,6 +151,7 @@ class RedisJobStore:
             pipe.hset(job_key(task_id), mapping={
                 "kind": kind, "fields": json.dumps(fields), "declared_type": declared_type or "",
                 "progress": progress.model_dump_json(), "status": "in_progress", "created_at": now,
+                **({"callback": json.dumps(callback)} if callback else {}),
             })
             pipe.expire(job_key(task_id), ttl)
             pipe.set(upload_key(task_id), upload, ex=ttl)
@@ -118,16 +160,26 @@ class RedisJobStore:
         return task_id
 
     async def job(self, task_id: str) -> StoredJob | None:
-        raw: list[Any] = await self.redis.hmget(job_key(task_id), ["kind", "fields", "declared_type", "progress"])
+        raw: list[Any] = await self.redis.hmget(job_key(task_id), ["kind", "fields", "declared_type", "progress",
+                                                                   "callback"])
         if raw[0] is None or raw[3] is None:
             return None
         return StoredJob(task_id=task_id, kind=raw[0].decode(), fields=json.loads(raw[1] or b"{}"),
                          declared_type=(raw[2] or b"").decode() or None,
-                         progress=JobProgress.model_validate_json(raw[3]))
+                         progress=JobProgress.model_validate_json(raw[3]), has_callback=raw[4] is not None)
 
     async def progress(self, task_id: str) -> JobProgress | None:
-        raw: Any = await self.redis.hget(job_key(task_id), "progress")
-        return None if raw is None else JobProgress.model_validate_json(raw)
+        """The progress record, with its callback's delivery state when the job has a callback."""
+        raw: list[Any] = await self.redis.hmget(job_key(task_id), [
+            "progress", "callback", "callback_state", "callback_attempts", "callback_status"])
+        if raw[0] is None:
+            return None
+        progress = JobProgress.model_validate_json(raw[0])
+        if raw[1] is None:
+            return progress
+        callback = CallbackProgress(state=(raw[2] or b"pending").decode(), attempts=int(raw[3] or 0),
+                                    status_code=int(raw[4]) if raw[4] and int(raw[4]) else None)
+        return progress.model_copy(update={"callback": callback})
 
     async def status(self, task_id: str) -> dict[str, Any] | None:
         """BentoML's task status shape: task_id, status, created_at, executed_at (ISO times)."""
@@ -160,9 +212,11 @@ class RedisJobStore:
     async def save_progress(self, task_id: str, progress: JobProgress) -> None:
         await self.redis.hset(job_key(task_id), "progress", progress.model_dump_json())
 
-    async def finish(self, task_id: str, progress: JobProgress, answer: StoredAnswer) -> None:
+    async def finish(self, task_id: str, progress: JobProgress, answer: StoredAnswer,
+                     callback_deadline: float | None = None) -> None:
         """Store the answer (BentoML status 'completed' even for an error envelope, as BentoML does),
-        drop the upload, and let the record expire after the retention."""
+        drop the upload, and let the record expire after the retention; with `callback_deadline`
+        (unix time), queue the job's callback in the same transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job_key(task_id), mapping={
                 "progress": progress.model_dump_json(), "status": "completed",
@@ -170,6 +224,52 @@ class RedisJobStore:
             })
             pipe.expire(job_key(task_id), self._ttl())
             pipe.delete(upload_key(task_id))
+            if callback_deadline is not None:
+                pipe.hsetnx(job_key(task_id), "callback_state", "pending")
+                pipe.hsetnx(job_key(task_id), "callback_deadline", callback_deadline)
+                pipe.zadd(CALLBACKS, {task_id: 0}, nx=True)
+            await pipe.execute()
+
+    # --- callbacks ---
+
+    async def claim_callback(self, consumer: str, lease_s: float) -> str | None:
+        """A callback due for delivery, leased to `consumer` for `lease_s` (renew it while delivering)."""
+        raw: Any = await self.redis.eval(_CLAIM_CALLBACK, 1, CALLBACKS, int(lease_s * 1000))
+        if raw is None:
+            return None
+        task_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        # Who holds it now: a holder that stalled past its lease sees this before its next attempt.
+        await self.redis.eval(_SET_IF_EXISTS, 1, job_key(task_id), "callback_owner", consumer)
+        return task_id
+
+    async def callback_owner(self, task_id: str) -> str | None:
+        raw: Any = await self.redis.hget(job_key(task_id), "callback_owner")
+        return None if raw is None else raw.decode()
+
+    async def renew_callback(self, task_id: str, lease_s: float) -> None:
+        await self.redis.eval(_RENEW_CALLBACK, 1, CALLBACKS, int(lease_s * 1000), task_id)
+
+    async def callback(self, task_id: str) -> StoredCallback | None:
+        raw: list[Any] = await self.redis.hmget(job_key(task_id), [
+            "callback", "callback_state", "callback_attempts", "callback_deadline", "progress"])
+        if raw[0] is None or raw[4] is None:
+            return None
+        target = json.loads(raw[0])
+        return StoredCallback(task_id=task_id, url=target["url"], auth_header=target.get("auth_header"),
+                              base_url=target.get("base_url") or "", state=(raw[1] or b"pending").decode(),
+                              attempts=int(raw[2] or 0), deadline=float(raw[3] or 0),
+                              progress=JobProgress.model_validate_json(raw[4]))
+
+    async def callback_attempt(self, task_id: str) -> None:
+        await self.redis.hincrby(job_key(task_id), "callback_attempts", 1)
+
+    async def callback_done(self, task_id: str, state: str | None, status_code: int | None = None) -> None:
+        """The callback's end (`state` delivered or failed; None: its job is gone), out of the set."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if state is not None:
+                pipe.hset(job_key(task_id), mapping={"callback_state": state,
+                                                     "callback_status": status_code or 0})
+            pipe.zrem(CALLBACKS, task_id)
             await pipe.execute()
 
     # --- the queue ---

@@ -36,6 +36,13 @@ class GatewayMetrics:
             "wxs_audio_seconds_in_flight", "Seconds of decoded audio in model work now (the memory budget).",
             multiprocess_mode="livesum", registry=None,
         )
+        self.callbacks = Counter(
+            "wxs_job_callbacks", "Job callbacks ended, by outcome: delivered, client_error, redirect, "
+            "refused, gave_up, taken_over.", labelnames=["outcome"], registry=None,
+        )
+        self.callback_attempts = Counter(
+            "wxs_job_callback_attempts", "Job callback POSTs made (retries included).", registry=None,
+        )
         self.in_flight = Gauge(
             "wxs_requests_in_flight", "Requests and jobs doing model work now.",
             multiprocess_mode="livesum", registry=None,

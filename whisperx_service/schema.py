@@ -7,7 +7,7 @@ The public response (`TranscriptionResponse`) is WhisperX's own result (``segmen
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from bentoml.validators import TensorSchema
@@ -398,6 +398,16 @@ class JobState(StrEnum):
     failed = "failed"
 
 
+class CallbackProgress(BaseModel):
+    """Where a job's callback (callback_url) stands."""
+
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="pending (the job runs, or delivery is being tried), delivered (a 2xx), or failed "
+        "(a 4xx, a redirect, refused by the allowlist, or retries exhausted).")
+    attempts: int = Field(0, description="POSTs made so far.")
+    status_code: int | None = Field(None, description="The receiver's last answer, if any.")
+
+
 class JobProgress(BaseModel):
     """Where an async job stands (GET /jobs/{task_id}); enough for a progress bar."""
 
@@ -415,3 +425,4 @@ class JobProgress(BaseModel):
     updated_at: float
     error: dict[str, Any] | None = Field(None, description="OpenAI's error envelope when the job failed.")
     result_url: str = Field(description="Where the result is fetched once state is completed (or failed).")
+    callback: CallbackProgress | None = Field(None, description="The job's callback, when it has one.")

@@ -3,7 +3,9 @@
 `JobTasks` is a mixin of the gateway service: each task is a BentoML task endpoint, so BentoML
 gives it ``<route>/submit`` (a task id at once), ``<route>/status`` and ``<route>/get`` (results
 in BentoML's result store, kept for 24 h). Each job takes the same form model as its sync route
-and goes through the same envelope; ``GET /jobs/{task_id}`` reads its progress record.
+and goes through the same envelope; ``GET /jobs/{task_id}`` reads its progress record. A job
+with ``callback_url`` is called back when it ends (`whisperx_service.callbacks`), once BentoML has
+stored its answer.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from ..audio import check_upload_type, decode_pcm
+from ..callbacks import CallbackSender, CallbackTarget, callback_body
 from ..errors import JobNotFound, ServiceError, internal_error
 from ..jobs import JobBoard, JobRecord, result_stored, stored_status
 from ..logs import bind_request_id
-from ..schema import JobProgress, JobState
+from ..schema import CallbackProgress, JobProgress, JobState
 from ..writers import render_transcribe
+from .callback_check import CallbackFields
 from .envelope import Gateway, GatewayDep, answer, transcribe
 from .forms import UPLOAD_DESCRIPTION
 from .openai import TranscriptionForm, openai_transcription
@@ -91,13 +95,13 @@ def _as_text(value: Any) -> Any:
     return value
 
 
-class TranscribeJobInput(TranscribeForm, JobFormFields, IODescriptor):
+class TranscribeJobInput(TranscribeForm, JobFormFields, CallbackFields, IODescriptor):
     """/transcribe's form as a job: the same fields, and the recording BentoML spools."""
 
     audio_file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
 
 
-class TranscriptionJobInput(TranscriptionForm, JobFormFields, IODescriptor):
+class TranscriptionJobInput(TranscriptionForm, JobFormFields, CallbackFields, IODescriptor):
     """/v1/audio/transcriptions' form as a job; granularities comma-separated."""
 
     file: Path = Field(description=UPLOAD_DESCRIPTION)  # type: ignore[assignment]  # spooled by BentoML
@@ -140,23 +144,47 @@ class JobTasks:
         return board
 
     async def _run_job(self: Any, ctx: bentoml.Context, kind: str, result_url: str,
-                       work: Callable[[str, JobRecord], Awaitable[Response]]) -> Response:
+                       work: Callable[[str, JobRecord], Awaitable[Response]], form: CallbackFields) -> Response:
         task_id = str(getattr(ctx.request.state, "task_id", "") or "sync")
         request_id = task_id[:16]
         record = self.job_board.start(task_id, kind, f"{result_url}?task_id={task_id}")
+        if form.callback_url and task_id != "sync":
+            record.callback("pending")
         with bind_request_id(request_id), self.lifecycle.hold():
             try:
                 response = await work(request_id, record)
             except ServiceError as exc:
                 logger.warning("job %s failed: %s", task_id, exc.message)
                 record.fail(exc.to_body(request_id))
+                self._callback_when_stored(ctx, form, record)
                 return JSONResponse(exc.to_body(request_id), status_code=exc.status_code)
+            except Exception:
+                record.fail(internal_error().to_body(request_id))
+                self._callback_when_stored(ctx, form, record)
+                raise
             except BaseException:
                 record.fail(internal_error().to_body(request_id))
                 raise
             record.finish()
             logger.info("job %s done", task_id)
+            self._callback_when_stored(ctx, form, record)
             return response
+
+    def _callback_when_stored(self: Any, ctx: bentoml.Context, form: CallbackFields, record: JobRecord) -> None:
+        """The job's callback, in the background once BentoML has stored its answer (local job store)."""
+        if not form.callback_url:
+            return
+        if not getattr(ctx.request.state, "task_id", None):  # BentoML's sync call of the task: no job
+            logger.info("callback_url ignored: %s was called synchronously, not submitted as a job",
+                        ctx.request.url.path)
+            return
+        target = CallbackTarget(form.callback_url, form.callback_auth_header)
+        base = self.settings.public_url or str(ctx.request.base_url)
+        tasks: set[asyncio.Task[None]] = self.__dict__.setdefault("_callback_tasks", set())
+        task = asyncio.create_task(_deliver_local(self.callbacks, record, target, base.rstrip("/")),
+                                   name=f"wxs-callback-{record.progress.task_id[:16]}")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     @bentoml.task(route="/jobs/transcribe", input_spec=TranscribeJobInput)
     async def transcribe_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
@@ -166,7 +194,7 @@ class JobTasks:
         async def work(request_id: str, record: JobRecord) -> Response:
             return await run_job(self, form, request_id, record)
 
-        return await self._run_job(ctx, "transcribe", "/jobs/transcribe/get", work)
+        return await self._run_job(ctx, "transcribe", "/jobs/transcribe/get", work, form)
 
     @bentoml.task(route="/v1/audio/transcriptions/jobs", input_spec=TranscriptionJobInput)
     async def transcription_job(self: Any, ctx: bentoml.Context, **fields: Any) -> Any:
@@ -176,7 +204,32 @@ class JobTasks:
         async def work(request_id: str, record: JobRecord) -> Response:
             return await run_job(self, form, request_id, record)
 
-        return await self._run_job(ctx, "transcription", "/v1/audio/transcriptions/jobs/get", work)
+        return await self._run_job(ctx, "transcription", "/v1/audio/transcriptions/jobs/get", work, form)
+
+
+STORED_WAIT_S = 30.0
+
+
+async def _deliver_local(sender: CallbackSender, record: JobRecord, target: CallbackTarget, base_url: str) -> None:
+    """Wait (bounded) until BentoML's store holds the answer, so result_url answers at once; then deliver."""
+    progress = record.progress
+    with bind_request_id(progress.task_id[:16]):
+        deadline = time.monotonic() + STORED_WAIT_S
+        while not await asyncio.to_thread(result_stored, progress.task_id) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        body = callback_body(progress.task_id, progress.state.value, base_url + progress.result_url, progress.error)
+
+        async def attempted(attempt: int) -> None:
+            record.callback("pending", attempt)
+
+        try:
+            outcome = await sender.deliver(progress.task_id, target, body, deadline=time.time() + sender.retry_total_s,
+                                           on_attempt=attempted)
+        except Exception:  # noqa: BLE001 - a background task: its failure is logged, nothing else to tell
+            logger.exception("callback of job %s: unforeseen failure", progress.task_id)
+            record.callback("failed", (record.progress.callback or CallbackProgress(state="failed")).attempts)
+            return
+        record.callback(outcome.state, outcome.attempts, outcome.status_code)
 
 
 router = APIRouter(tags=["async jobs"])

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -31,8 +32,10 @@ from redis.exceptions import RedisError
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
+from ..callbacks import CALLBACK_FIELDS, CallbackTarget, callback_body
 from ..config import Settings
 from ..errors import (
+    CallbackRefused,
     InvalidParameter,
     InvalidRequest,
     JobNotFinished,
@@ -50,6 +53,7 @@ from ..logs import bind_request_id
 from ..schema import JobProgress, JobState
 from ..uploads import discard_spool, write_spool
 from . import install_error_handlers
+from .callback_check import checked_submit
 from .envelope import REQUEST_ID_HEADER, request_id_of
 from .jobs import JOB_INPUTS, run_job
 
@@ -62,6 +66,8 @@ ROUTES = {"/jobs/transcribe": ("transcribe", "audio_file"),
           "/v1/audio/transcriptions/jobs": ("transcription", "file")}
 _BLOCK = 1 << 20
 PROGRESS_FLUSH_S = 0.5
+CALLBACKS_AT_ONCE = 16
+CALLBACK_POLL_S = 1.0
 
 
 class SharedJobRecord(JobRecord):
@@ -87,6 +93,8 @@ class SharedJobs:
                                    visibility_timeout_s=settings.job_visibility_timeout_s)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._consumer_task: asyncio.Task[None] | None = None
+        self._callback_task: asyncio.Task[None] | None = None
+        self._callback_due = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -94,6 +102,7 @@ class SharedJobs:
 
     def start(self) -> None:
         self._consumer_task = asyncio.create_task(self._consume(), name="wxs-job-consumer")
+        self._callback_task = asyncio.create_task(self._deliver_callbacks(), name="wxs-job-callbacks")
         logger.info("async jobs on the shared job store as consumer %s (%d at once, visibility %.0f s)",
                     self.consumer, self.settings.job_concurrency, self.settings.job_visibility_timeout_s)
 
@@ -101,6 +110,9 @@ class SharedJobs:
         self._stopping = True  # the consumer's own check: a cancellation can be swallowed (see _run)
         if self._consumer_task is not None:
             self._consumer_task.cancel()
+        if self._callback_task is not None:  # a callback cut off here is taken over when its lease ends
+            self._callback_task.cancel()
+            await asyncio.wait([self._callback_task], timeout=5)
         for task in list(self._running):  # past the drain: their entries are run again elsewhere
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -161,13 +173,93 @@ class SharedJobs:
                     finally:
                         done.set()
                         await keepalive
-                    await self.store.finish(job.task_id, record.progress, answer)
+                    deadline = time.time() + self.settings.callback_retry_total_s if job.has_callback else None
+                    await self.store.finish(job.task_id, record.progress, answer, deadline)
                     await self.store.ack(claimed.entry_id)
+                    if job.has_callback:
+                        self._callback_due.set()
                 logger.info("job %s %s (run %d, status %d)", job.task_id, record.progress.state.value,
                             claimed.deliveries, answer.status_code)
             except (RedisError, OSError) as exc:  # its entry stays pending: another run picks it up
                 logger.error("job %s: job store lost (%s); it will be run again", claimed.task_id,
                              type(exc).__name__)
+
+    # --- callbacks (any gateway delivers each once: `RedisJobStore.claim_callback`) ---
+
+    async def _deliver_callbacks(self) -> None:
+        slots = asyncio.Semaphore(CALLBACKS_AT_ONCE)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                await slots.acquire()
+                task_id: str | None = None
+                try:
+                    task_id = await self.store.claim_callback(self.consumer, self._callback_lease_s())
+                except (RedisError, OSError) as exc:
+                    logger.warning("job store unreachable for callbacks (%s)", type(exc).__name__)
+                if task_id is None:
+                    slots.release()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._callback_due.wait(), CALLBACK_POLL_S)
+                    self._callback_due.clear()
+                    continue
+                task = asyncio.create_task(self._deliver(task_id), name=f"wxs-callback-{task_id[:16]}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: slots.release())
+        finally:  # deliveries cut off here are taken over by another gateway when their lease ends
+            for task in list(running):
+                task.cancel()
+
+    def _callback_lease_s(self) -> float:
+        return self.settings.job_visibility_timeout_s
+
+    async def _deliver(self, task_id: str) -> None:
+        with bind_request_id(task_id[:16]):
+            try:
+                stored = await self.store.callback(task_id)
+                if stored is None or stored.state != "pending":  # its job expired, or it was delivered
+                    await self.store.callback_done(task_id, None)
+                    return
+                done = asyncio.Event()
+                lease = asyncio.create_task(self._renew_callback(task_id, done))
+                try:
+                    progress = stored.progress
+                    body = callback_body(task_id, progress.state.value, stored.base_url + progress.result_url,
+                                         progress.error)
+                    outcome = await self.gateway.callbacks.deliver(
+                        task_id, CallbackTarget(stored.url, stored.auth_header), body, deadline=stored.deadline,
+                        first_attempt=stored.attempts + 1,
+                        on_attempt=lambda _: self._callback_attempt(task_id))
+                finally:
+                    done.set()
+                    await lease
+                if outcome.reason != "taken_over":  # else the gateway that took it over ends it
+                    await self.store.callback_done(task_id, outcome.state, outcome.status_code)
+            except (RedisError, OSError) as exc:  # still in the set: taken over when its lease ends
+                logger.error("callback of job %s: job store lost (%s)", task_id, type(exc).__name__)
+            except Exception:  # noqa: BLE001 - a background task: logged, and ended (not retried forever)
+                logger.exception("callback of job %s: unforeseen failure", task_id)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.store.callback_done(task_id, "failed")
+
+    async def _callback_attempt(self, task_id: str) -> bool:
+        """Before each POST: still this gateway's (not taken over after a stall), then counted."""
+        if await self.store.callback_owner(task_id) != self.consumer:
+            return False
+        await self.store.callback_attempt(task_id)
+        return True
+
+    async def _renew_callback(self, task_id: str, done: asyncio.Event) -> None:
+        every = self._callback_lease_s() / 4
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every)
+            if not done.is_set():
+                try:
+                    await self.store.renew_callback(task_id, self._callback_lease_s())
+                except (RedisError, OSError) as exc:
+                    logger.warning("callback of job %s: lease not renewed (%s)", task_id, type(exc).__name__)
 
     async def _work(self, job: StoredJob, claimed: Claimed, record: SharedJobRecord,
                     request_id: str) -> StoredAnswer:
@@ -289,7 +381,8 @@ def _submit_route(kind: str, file_field: str) -> Callable[[Request], Awaitable[R
                 if len(data) > limit_mb * _BLOCK:
                     raise too_large
             fields = form_fields(form.multi_items())
-            task_id = await shared.store.submit(kind, fields, upload.content_type, bytes(data))
+            callback = await _checked_callback(shared, request, fields)
+            task_id = await shared.store.submit(kind, fields, upload.content_type, bytes(data), callback)
         except (RedisError, OSError) as exc:
             logger.error("job store unreachable at submit: %s", type(exc).__name__)
             raise _store_down(shared) from exc
@@ -300,6 +393,19 @@ def _submit_route(kind: str, file_field: str) -> Callable[[Request], Awaitable[R
                             headers={REQUEST_ID_HEADER: request_id_of(request)})
 
     return submit
+
+
+async def _checked_callback(shared: SharedJobs, request: Request,
+                            fields: dict[str, str | list[str]]) -> dict[str, str | None] | None:
+    """The job's callback fields, checked (400 naming the field), taken out of its form fields."""
+    url, auth = (fields.pop(name, None) for name in CALLBACK_FIELDS)
+    if isinstance(url, list) or isinstance(auth, list):
+        raise CallbackRefused("send callback_url and callback_auth_header once each")
+    target = await shared.gateway.callbacks.policy.check(url, auth)
+    if target is None:
+        return None
+    base_url = shared.settings.public_url or str(request.base_url)
+    return {"url": target.url, "auth_header": target.auth_header, "base_url": base_url.rstrip("/")}
 
 
 async def _status(request: Request) -> Response:
@@ -344,7 +450,8 @@ def _store_down(shared: SharedJobs) -> Unavailable:
 
 class SharedJobRoutes:
     """ASGI middleware (inside the guard): the job routes go to `jobs_app` when the gateway has a
-    shared job store, everything else (and every route of a local-store gateway) to BentoML."""
+    shared job store, everything else (and every route of a local-store gateway) to BentoML; a
+    local-store submit with its callback fields checked on the way (`checked_submit`)."""
 
     def __init__(self, app: ASGIApp, gateway: Callable[[], Any]) -> None:
         self.app = app
@@ -358,7 +465,18 @@ class SharedJobRoutes:
             scope["wxs.shared_jobs"] = shared
             await self.jobs(scope, receive, send)
             return
+        if gateway is not None and scope["method"] == "POST" and is_submit_path(scope["path"]):
+            # BentoML's own submit (the local job store): its callback fields checked on the way
+            async def refuse(error: ServiceError) -> None:
+                await JSONResponse(error.to_body(), status_code=error.status_code)(scope, receive, send)
+
+            await checked_submit(self.app, scope, receive, send, gateway.callbacks.policy, refuse)
+            return
         await self.app(scope, receive, send)
+
+
+def is_submit_path(path: str) -> bool:
+    return any(path == f"{route}/submit" for route in ROUTES)
 
 
 def is_job_path(path: str) -> bool:
