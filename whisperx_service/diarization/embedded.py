@@ -8,13 +8,10 @@ from typing import Any
 PIPELINE_YAML = "pipeline.yaml"
 EMBEDDED_KIND = "whisperx-service/pyannote-seg3-campplus"
 
-# Hyper-parameters of the embedded default, chosen by measuring DER (bench/diarization_der.py)
-# on the short reference clips and the composed meeting of tests/composed.py, then on the composed
-# meetings of tests/longform.py (bench/meeting_der.py). pyannote's own 1-s step is kept: a coarser
-# step collapsed dev00's two speakers into one under `num_speakers=2`. Overlapped speech stays out
-# of the embeddings (including it: meeting DER 0.215 -> 0.399, 4 of 6 speakers found).
-# min_cluster_size 8 (was 12): a speaker with little speech keeps a cluster of their own
-# (mixed_zh_en: 5 -> 6 of 6 speakers, DER 0.148 -> 0.129; every other recording unchanged).
+# Hyper-parameters of the embedded default, chosen on DER of the shared clips and the composed
+# meetings (bench/diarization_der.py, bench/meeting_der.py): pyannote's 1-s step (a coarser one
+# merged two speakers under a count hint); overlapped speech kept out of the embeddings; a small
+# min_cluster_size, so that a speaker with little speech keeps a cluster of their own.
 DEFAULT_PIPELINE_INIT: dict[str, Any] = {
     "segmentation_step": 0.1,
     "embedding_exclude_overlap": True,
