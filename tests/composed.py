@@ -193,6 +193,17 @@ def _recipe_key(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def write_pcm16_wav(path: Path, audio: np.ndarray) -> Path:
+    """`audio` (float, -1..1, 16 kHz mono) as a 16-bit PCM WAV file."""
+    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
+    return path
+
+
 def compose_meeting(dest_dir: Path, data_dir: Path = DATA_DIR) -> tuple[Path, Path]:
     """Build (or reuse) the composed meeting in `dest_dir`; returns (wav path, rttm path).
 
@@ -215,19 +226,14 @@ def compose_meeting(dest_dir: Path, data_dir: Path = DATA_DIR) -> tuple[Path, Pa
         ):
             return wav_path, rttm_path
     audio, turns = _compose(data_dir)
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(wav_path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(pcm.tobytes())
+    write_pcm16_wav(wav_path, audio)
     rttm_path.write_text(
         "".join(f"SPEAKER {STEM} 1 {s:.3f} {e - s:.3f} <NA> <NA> {k} <NA> <NA>\n" for s, e, k in turns),
         encoding="utf-8",
     )
     manifest = {
         "recipe": key,
-        "duration": len(pcm) / SAMPLE_RATE,
+        "duration": len(audio) / SAMPLE_RATE,
         "speakers": sorted({k for _, _, k in turns}),
         "wav_sha256": _sha256(wav_path),
         "rttm_sha256": _sha256(rttm_path),

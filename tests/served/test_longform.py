@@ -12,31 +12,20 @@ this recording Mandarin and the English came out at 8 % word recall (bench/longf
 from __future__ import annotations
 
 import re
-import wave
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.composed import write_pcm16_wav
 from tests.data import JFK_FLAC, PYANNOTE_SAMPLE, diarization_error_rate
-from tests.longform import SAMPLE_RATE, compositions, hits, overlapped_spans, placed_recall, words_in
+from tests.longform import compositions, hits, overlapped_spans, placed_recall, words_in
 from tests.served.conftest import Served
 from tests.served.test_transcribe import check_word_invariants, transcribe
 
 pytestmark = pytest.mark.served
 
 CJK_SPACE_CJK = re.compile(r"[\u3000-\u30ff\u4e00-\u9fff\uff00-\uffef] +[\u3000-\u30ff\u4e00-\u9fff\uff00-\uffef]")
-
-
-def _wav(path: Path, audio: np.ndarray) -> Path:
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(pcm.tobytes())
-    return path
 
 
 def _words(result: dict[str, Any]) -> list[tuple[str, float, float]]:
@@ -46,7 +35,7 @@ def _words(result: dict[str, Any]) -> list[tuple[str, float, float]]:
 def test_long_meeting_language_recall_and_no_silent_drops(served: Served, tmp_path: Path) -> None:
     comp = compositions()["back_to_back"]
     assert comp.duration >= 180 and len(comp.speakers) >= 4
-    result = transcribe(served, _wav(tmp_path / f"{comp.name}.wav", comp.audio), diarize="false")
+    result = transcribe(served, write_pcm16_wav(tmp_path / f"{comp.name}.wav", comp.audio), diarize="false")
     check_word_invariants(result)
 
     # The language over the recording, with how it was decided.
@@ -60,7 +49,7 @@ def test_long_meeting_language_recall_and_no_silent_drops(served: Served, tmp_pa
     for placed in comp.placed:
         clip = placed.clip
         if clip.text is not None and clip.language == "en" and clip.name not in alone:
-            single = transcribe(served, _wav(tmp_path / f"{clip.name}.wav", clip.audio), diarize="false")
+            single = transcribe(served, write_pcm16_wav(tmp_path / f"{clip.name}.wav", clip.audio), diarize="false")
             alone[clip.name] = hits(clip.text, " ".join(w for w, _, _ in _words(single)), "en")
     found = [alone[p.clip.name] for p in comp.placed if p.clip.text is not None and p.clip.language == "en"]
     recall_alone = sum(h for h, _ in found) / sum(n for _, n in found)
@@ -92,7 +81,7 @@ def test_overlapped_meeting_keeps_both_speakers(served: Served, tmp_path: Path) 
     for, each word lists every speaker talking during it, its `speaker` first."""
     comp = compositions()["overlapped"]
     assert comp.duration >= 180 and len(comp.speakers) >= 4 and comp.overlap_seconds() >= 15
-    result = transcribe(served, _wav(tmp_path / f"{comp.name}.wav", comp.audio), overlapping_speakers="true",
+    result = transcribe(served, write_pcm16_wav(tmp_path / f"{comp.name}.wav", comp.audio), overlapping_speakers="true",
                         language="en")  # the language rule has its own test
     check_word_invariants(result)
     diarization = result["diarization"]
