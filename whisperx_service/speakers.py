@@ -155,7 +155,10 @@ def assign_speakers(segments: list[Segment], turns: list[SpeakerTurn], *,
     starts = np.array([s.start for s in segments] + [w.start for w in timed], dtype=np.float64)
     ends = np.array([s.end for s in segments] + [w.end if w.end is not None else w.start for w in timed],
                     dtype=np.float64)
-    labels, active = _labels(index, starts, ends)
+    found = index.overlaps(starts, ends)
+    labels = _labels(index, found, starts, ends)
+    # Only when asked: it walks every interval's speakers in Python.
+    active = _active(found) if overlapping else [[] for _ in labels]
 
     word_labels = iter(zip(labels[len(segments):], active[len(segments):], strict=True))
     out: list[Segment] = []
@@ -180,11 +183,8 @@ def speech_seconds(turns: list[SpeakerTurn]) -> float:
     return total
 
 
-def _labels(index: TurnIndex, starts: FloatArray, ends: FloatArray) -> tuple[list[str | None], list[list[str]]]:
-    """The speaker for each interval (None where whisperx would leave the label as it was), and
-    every speaker whose turns intersect it, the chosen one first, then by seconds covered."""
-    found = index.overlaps(starts, ends)
-    active = _active(found)
+def _labels(index: TurnIndex, found: Overlap, starts: FloatArray, ends: FloatArray) -> list[str | None]:
+    """The speaker for each interval; None where whisperx would leave the label as it was."""
     best = found.seconds.max(axis=1, keepdims=True)
     # Any positive intersection makes the best total positive; ties go to the earliest first turn.
     chosen = np.where(found.seconds == best, found.first_turn, NO_TURN).argmin(axis=1)
@@ -198,7 +198,7 @@ def _labels(index: TurnIndex, starts: FloatArray, ends: FloatArray) -> tuple[lis
         for i, t in zip(alone.tolist(), turn.tolist(), strict=True):
             label = index.speakers[index.turn_speaker[t]]
             out[i] = label or None  # whisperx skips a falsy label here (`if nearest_speaker:`)
-    return out, active
+    return out
 
 
 def _active(found: Overlap) -> list[list[str]]:
