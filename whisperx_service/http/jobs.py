@@ -158,12 +158,10 @@ class JobTasks:
                 record.fail(exc.to_body(request_id))
                 self._callback_when_stored(ctx, form, record)
                 return JSONResponse(exc.to_body(request_id), status_code=exc.status_code)
-            except Exception:
+            except BaseException as exc:
                 record.fail(internal_error().to_body(request_id))
-                self._callback_when_stored(ctx, form, record)
-                raise
-            except BaseException:
-                record.fail(internal_error().to_body(request_id))
+                if isinstance(exc, Exception):  # not for a cancelled job or a stopping server
+                    self._callback_when_stored(ctx, form, record)
                 raise
             record.finish()
             logger.info("job %s done", task_id)
