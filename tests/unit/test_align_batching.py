@@ -244,3 +244,32 @@ def test_batches_bound_their_padding_and_keep_every_segment() -> None:
 def test_batches_follow_the_device() -> None:
     assert batches_on("cuda") and batches_on("cuda:1")
     assert not batches_on("cpu")
+
+
+def test_the_sentence_splitter_is_loaded_once_and_splits_as_before(
+        aligner: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    import whisperx
+    import whisperx.alignment as whisperx_alignment
+    from nltk.data import load
+
+    loads: list[str] = []
+
+    def counting_load(resource: str, *args: Any, **kwargs: Any) -> Any:
+        loads.append(resource)
+        return load(resource, *args, **kwargs)
+
+    monkeypatch.setattr(whisperx_alignment, "nltk_load", counting_load)
+    model, metadata = aligner
+    audio = _ami("dev00")
+    transcript = [{"start": s, "end": e, "text": t} for s, e, t in AMI_TEXT[:4]]
+    transcript[2]["text"] = "The remote needs fewer buttons. And a bigger screen, Dr. Smith said."
+    plain = whisperx.align(transcript, model, metadata, audio, "cpu", return_char_alignments=False)
+    assert len(loads) == len(transcript)  # whisperx alone: once per segment
+    job = AlignJob(audio=audio, language="en", request_id="ami",
+                   segments=[AsrSegment(**segment) for segment in transcript])
+    loads.clear()
+    for _ in range(2):
+        (ours,) = align_each([job], lambda _: aligner, "cpu")
+        assert ours == plain["segments"]
+    assert loads == ["tokenizers/punkt_tab/english.pickle"]
+    assert len(ours) == len(transcript) + 1  # the sentence split held: two sentences in one segment
