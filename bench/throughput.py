@@ -330,7 +330,8 @@ def main() -> None:
                 if c == top:
                     ours_cpu = {role: (after[role] - before.get(role, 0.0)) / audio
                                 for role in after if role not in ("gone", "?")}
-            log.info("ours c=%d: p50 %.1f s, p95 %.1f s, %.2fx realtime", c, ours[c]["p50"], ours[c]["p95"], audio / wall)
+            log.info("ours c=%d: p50 %.1f s, p95 %.1f s, %.2fx realtime", c, ours[c]["p50"], ours[c]["p95"],
+                     ours[c]["throughput"])
         (long_latency,), _ = asyncio.run(fire(url, [long_path], arms.language))
     finally:
         memory.stop_event.set()
