@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,8 @@ if str(PROJECT) not in sys.path:
 
 from tests.procs import stop_tree  # noqa: E402
 
-__all__ = ["PROJECT", "TreeMemory", "free_port", "serve_graph", "stop_tree"]
+__all__ = ["PROJECT", "TreeMemory", "by_role", "cpu_by_role", "free_port", "process_role", "rss_by_role",
+           "serve_graph", "stop_tree"]
 
 
 def free_port() -> int:
@@ -39,18 +41,34 @@ def process_role(proc: psutil.Process) -> str:
     return "arbiter" if "serve" in args else Path(args[0]).name if args else "?"
 
 
-def cpu_by_role(root: int) -> dict[str, float]:
-    """CPU seconds so far of each process of the tree, by role (children of a role fold into it)."""
+def by_role(root: int, read: Callable[[psutil.Process], float]) -> dict[str, float]:
+    """`read` of each process of the tree, summed by role (children of a role fold into it)."""
     out: dict[str, float] = {}
     top = psutil.Process(root)
     for proc in [top, *top.children(recursive=True)]:
         try:
-            times = proc.cpu_times()
+            value = read(proc)
             role = process_role(proc)
         except psutil.Error:
             continue
-        out[role] = out.get(role, 0.0) + times.user + times.system + times.children_user + times.children_system
+        out[role] = out.get(role, 0.0) + value
     return out
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system + times.children_user + times.children_system)
+
+
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds so far of each process of the tree, by role."""
+    return by_role(root, _cpu_seconds)
+
+
+def rss_by_role(root: int) -> dict[str, float]:
+    """Resident MiB of each live process of the tree, by role."""
+    rss = by_role(root, lambda proc: proc.memory_info().rss / 2**20)
+    return {role: mib for role, mib in rss.items() if role not in ("gone", "?")}
 
 
 class TreeMemory(threading.Thread):

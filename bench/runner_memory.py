@@ -26,28 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
-from common import process_role, serve_graph, stop_tree
+from common import by_role, cpu_by_role, rss_by_role, serve_graph, stop_tree
 from throughput import CLIPS, Arms, fire, prepare_store
 
 from tests.data import JFK_FLAC
 
 log = logging.getLogger("bench.runner_memory")
 RECORDINGS = [*CLIPS, JFK_FLAC]
-
-
-def rss_by_role(root: int) -> dict[str, float]:
-    """Resident MiB of each process of the served tree, by role."""
-    out: dict[str, float] = {}
-    top = psutil.Process(root)
-    for proc in [top, *top.children(recursive=True)]:
-        try:
-            role, mib = process_role(proc), proc.memory_info().rss / 2**20
-        except psutil.Error:
-            continue
-        if role not in ("gone", "?"):
-            out[role] = out.get(role, 0.0) + mib
-    return out
 
 
 def gpu_by_role(root: int) -> dict[str, float]:
@@ -57,25 +42,16 @@ def gpu_by_role(root: int) -> dict[str, float]:
     listed = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
                             capture_output=True, text=True, check=False).stdout
     used = {int(pid): float(mib) for pid, mib in (line.split(",") for line in listed.splitlines() if "," in line)}
-    top = psutil.Process(root)
-    out: dict[str, float] = {}
-    for proc in [top, *top.children(recursive=True)]:
-        if proc.pid in used:
-            role = process_role(proc)
-            out[role] = out.get(role, 0.0) + used[proc.pid]
-    return out
+    return {role: mib for role, mib in by_role(root, lambda proc: used.get(proc.pid, 0.0)).items() if mib > 0}
 
 
 def wait_idle(root: int, deadline_s: float = 30.0) -> None:
     """Until the tree uses under 5% of a core over half a second (a round's tail finishes)."""
-    top = psutil.Process(root)
-    procs = [top, *top.children(recursive=True)]
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        before = sum(p.cpu_times().user + p.cpu_times().system for p in procs if p.is_running())
+        before = sum(cpu_by_role(root).values())
         time.sleep(0.5)
-        after = sum(p.cpu_times().user + p.cpu_times().system for p in procs if p.is_running())
-        if after - before < 0.025:
+        if sum(cpu_by_role(root).values()) - before < 0.025:
             return
 
 
