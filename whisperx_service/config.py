@@ -111,8 +111,9 @@ class Settings(BaseSettings):
     beam_size: int = Field(5, ge=1, description="Whisper beam size.")
     language_probes: int = Field(
         12, ge=1, le=64,
-        description="Windows of voiced speech (<= 10 s), spread over a recording, whose detected "
-        "languages vote its language when none is given.",
+        description="Most windows of voiced speech (<= 10 s), spread over a recording, whose detected "
+        "languages vote its language when none is given; detection stops once the windows left "
+        "could not change the winner.",
     )
     redecode_short_chunks: bool = Field(
         True, description="Decode again, in smaller windows of its voiced pieces, a chunk whose text is "

@@ -37,6 +37,52 @@ def spread_indices(count: int, probes: int) -> list[int]:
     return sorted({round(i * (count - 1) / (probes - 1)) for i in range(probes)})
 
 
+def spread_order(count: int) -> list[int]:
+    """0..count-1 in an order whose every prefix is spread over the range: the two ends first,
+    then the middle of the widest gap left, again and again."""
+    if count <= 2:
+        return list(range(count))
+    order, gaps = [0, count - 1], [(0, count - 1)]
+    while gaps:
+        gaps.sort(key=lambda gap: gap[0] - gap[1])  # widest first (stable: earliest of equals)
+        low, high = gaps.pop(0)
+        if high - low < 2:
+            continue
+        middle = (low + high) // 2
+        order.append(middle)
+        gaps += [(low, middle), (middle, high)]
+    return order
+
+
+def _vote_margin(votes: Sequence[tuple[float, Sequence[LanguageProbability]]]) -> float:
+    """How far the leading language's weighted mass is ahead of the runner-up's (0: no votes)."""
+    mass: dict[str, float] = defaultdict(float)
+    for weight, ranked in votes:
+        for entry in ranked if weight > 0 else ():
+            mass[entry.language] += weight * entry.probability
+    ranked_mass = sorted(mass.values(), reverse=True) + [0.0, 0.0]
+    return ranked_mass[0] - ranked_mass[1]
+
+
+def probes_still_needed(votes: Sequence[tuple[float, Sequence[LanguageProbability]]],
+                        pending_seconds: Sequence[float]) -> int:
+    """How many of the pending windows (their seconds, in probing order) to detect next: 0 when
+    they can no longer change `vote_language`'s winner, else the fewest that could settle it.
+
+    Settled: the leader is ahead of the runner-up by more than all pending windows could give
+    the runner-up, so the vote over every window would name the same language. Else the next
+    windows are the fewest that would settle it if they all went to the leader."""
+    margin, pending = _vote_margin(votes), sum(pending_seconds)
+    if margin > pending:
+        return 0
+    taken = 0.0
+    for count, seconds in enumerate(pending_seconds, start=1):
+        taken += seconds
+        if margin + taken > pending - taken:
+            return count
+    return len(pending_seconds)
+
+
 def vote_language(votes: Sequence[tuple[float, Sequence[LanguageProbability]]]) -> LanguageDecision | None:
     """The recording's language from (voiced seconds, ranked languages) of each probed chunk."""
     mass: dict[str, float] = defaultdict(float)

@@ -27,7 +27,9 @@ from .errors import is_transient_transport_error, map_stage_error
 from .longform import (
     DETECT_WINDOW_S,
     is_suspect,
+    probes_still_needed,
     spread_indices,
+    spread_order,
     text_units,
     uncovered_pieces,
     voiced_seconds,
@@ -259,9 +261,10 @@ class Pipeline:
         The decode calls of every in-flight request meet in the ASR runner's adaptive batcher.
         The language rule: a given language wins; an English-only model means English; a single
         chunk is detected on its own encoder output; otherwise windows of voiced speech spread
-        over the whole recording (`language_probes` of them, <= 10 s each) are detected first,
-        and their language distributions, weighted by their seconds, vote the recording's
-        language (`longform.vote_language`), in which every chunk is decoded. With
+        over the whole recording (up to `language_probes` of them, <= 10 s each) are detected
+        first, in rounds until the rest could not change the winner, and their language
+        distributions, weighted by their seconds, vote the recording's language
+        (`longform.vote_language`), in which every chunk is decoded. With
         language_mode=per_segment every window is detected and each chunk is cut where its
         windows' languages change, each part decoded and labelled in its own language.
         A chunk whose text is far too short for its speech is decoded again in smaller windows
@@ -360,7 +363,14 @@ class Pipeline:
         spread = [w for chunk, voiced in zip(chunks, pieces, strict=True)
                   for w in windows(voiced, chunk, DETECT_WINDOW_S, halve=False)]
         chosen = [spread[i] for i in spread_indices(len(spread), self.limits.language_probes)]
-        return vote_language(_votes(chosen, await self._detect(audio, chosen)))
+        # Detected in rounds, each prefix spread over the recording, until the windows left can
+        # no longer change the winner: the language is the one all of them would vote.
+        pending = [chosen[i] for i in spread_order(len(chosen))]
+        votes: list[tuple[float, list[LanguageProbability]]] = []
+        while count := probes_still_needed(votes, [w.end - w.start for w in pending]):
+            probed, pending = pending[:count], pending[count:]
+            votes += _votes(probed, await self._detect(audio, probed))
+        return vote_language(votes)
 
     async def _per_segment_plan(
         self, audio: np.ndarray, chunks: list[TimeSpan], pieces: list[list[TimeSpan]],

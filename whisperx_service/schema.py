@@ -158,7 +158,8 @@ class LanguageDecision(BaseModel):
                         "detected (voted over speech chunks of the whole recording).", examples=["detected"])
     mode: str = Field("recording", description="recording: one language for all; per_segment: each "
                       "chunk decoded and labelled in its own language (language_mode=per_segment).")
-    chunks: int = Field(0, description="Speech chunks whose detection was counted.")
+    chunks: int = Field(0, description="Windows of speech whose detection was counted (detection stops "
+                        "once the windows left could not change the language).")
     speech_seconds: float = Field(0.0, description="Seconds of speech those chunks hold.")
     alternatives: list[LanguageProbability] = Field(default_factory=list,
                                                     description="The most likely languages, best first.")

@@ -4,12 +4,21 @@ languages, and chunks short of text decoded again or reported (no silent drops).
 from __future__ import annotations
 
 import asyncio
+import random
 
 import numpy as np
 import pytest
 
 from tests.unit.test_pipeline import AUDIO, RATE, Events, FakeAligner, FakeDiarizer
-from whisperx_service.longform import is_suspect, spread_indices, text_units, vote_language, windows
+from whisperx_service.longform import (
+    is_suspect,
+    probes_still_needed,
+    spread_indices,
+    spread_order,
+    text_units,
+    vote_language,
+    windows,
+)
 from whisperx_service.params import PER_SEGMENT, TranscribeParams
 from whisperx_service.pipeline import Pipeline
 from whisperx_service.schema import (
@@ -86,6 +95,56 @@ def test_a_noisy_opening_does_not_decide_the_language() -> None:
     texts = [s.text for s in response.segments]  # type: ignore[attr-defined]
     assert texts == ["en words said at 0.5.", "en words said at 5.0.", "en words said at 10.0."]
     assert all(s.language is None for s in response.segments)  # type: ignore[attr-defined]
+
+
+def test_detection_stops_once_the_windows_left_cannot_change_the_language() -> None:
+    # The two end windows (5 s) are surely English; the middle one (4 s) could at most give
+    # another language 4 s of weight, less than English's lead: it is never detected.
+    asr = ScriptedASR({0.5: ("en", 0.99), 5.0: ("de", 0.99), 10.0: ("en", 0.99)}, {})
+    response = _run(asr)
+    assert sorted(asr.detected) == [0.5, 10.0]
+    detection = response.language_detection  # type: ignore[attr-defined]
+    assert response.language == "en" and detection.chunks == 2 and detection.speech_seconds == 5.0  # type: ignore[attr-defined]
+    assert [job.language for job in asr.jobs] == ["en", "en", "en"]
+
+
+def test_the_early_stopped_vote_names_the_language_every_window_would() -> None:
+    rng = random.Random(7)
+    languages = ["en", "zh", "de"]
+    for _ in range(2000):
+        count = rng.randint(1, 12)
+        main = rng.choice(languages)
+        windows_ = []
+        for _ in range(count):
+            heard = main if rng.random() < rng.choice([0.5, 0.8, 1.0]) else rng.choice(languages)
+            p = rng.uniform(0.3, 1.0)
+            other = rng.choice([lang for lang in languages if lang != heard])
+            windows_.append((rng.uniform(0.5, 10.0), [LanguageProbability(language=heard, probability=p),
+                                                       LanguageProbability(language=other, probability=1 - p)]))
+        pending = [windows_[i] for i in spread_order(count)]
+        votes: list[tuple[float, list[LanguageProbability]]] = []
+        while n := probes_still_needed(votes, [seconds for seconds, _ in pending]):
+            votes, pending = votes + pending[:n], pending[n:]
+        early, full = vote_language(votes), vote_language(windows_)
+        assert early is not None and full is not None and early.language == full.language
+
+
+def test_spread_order_and_the_first_round() -> None:
+    assert spread_order(0) == [] and spread_order(2) == [0, 1]
+    assert spread_order(5) == [0, 4, 2, 1, 3] and spread_order(12)[:3] == [0, 11, 5]
+    assert sorted(spread_order(40)) == list(range(40))
+    # Nothing detected yet: the fewest windows holding more than half of the seconds.
+    assert probes_still_needed([], [10.0] * 12) == 7 and probes_still_needed([], []) == 0
+    # 12 windows of one language at 0.84 (the composed meeting's): 7 detected, in one round.
+    heard = [LanguageProbability(language="en", probability=0.84), LanguageProbability(language="cy", probability=0.05)]
+    votes: list[tuple[float, list[LanguageProbability]]] = []
+    rounds = []
+    while n := probes_still_needed(votes, [5.5] * (12 - len(votes))):
+        rounds.append(n)
+        votes += [(5.5, heard)] * n
+    assert rounds == [7]
+    sure = [(50.0, [LanguageProbability(language="en", probability=1.0)])]
+    assert probes_still_needed(sure, [10.0] * 4) == 0 and probes_still_needed(sure, [10.0] * 5) == 1
 
 
 def test_a_given_language_always_wins() -> None:

@@ -198,7 +198,8 @@ def test_the_language_rule() -> None:
     response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))
     assert [job.language for job in asr.jobs] == ["de", "de", "de"]
     assert response.language == "de" and response.language_probability == 0.9
-    assert response.language_detection.source == "detected" and response.language_detection.chunks == 3
+    # the two end windows (5 s at 0.9) lead by more than the middle one (4 s) could change
+    assert response.language_detection.source == "detected" and response.language_detection.chunks == 2
     # An English-only model: English, never detected.
     asr = FakeASR(events, multilingual=False)
     response = run(Pipeline(asr, FakeAligner(events, []), FakeDiarizer(events)))
