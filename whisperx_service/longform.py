@@ -54,13 +54,24 @@ def spread_order(count: int) -> list[int]:
     return order
 
 
+def _language_mass(votes: Sequence[tuple[float, Sequence[LanguageProbability]]]) -> tuple[dict[str, float], float, int]:
+    """Each language's weighted mass, the seconds counted and the windows counted."""
+    mass: dict[str, float] = defaultdict(float)
+    seconds = 0.0
+    counted = 0
+    for weight, ranked in votes:
+        if not ranked or weight <= 0:
+            continue
+        counted += 1
+        seconds += weight
+        for entry in ranked:
+            mass[entry.language] += weight * entry.probability
+    return mass, seconds, counted
+
+
 def _vote_margin(votes: Sequence[tuple[float, Sequence[LanguageProbability]]]) -> float:
     """How far the leading language's weighted mass is ahead of the runner-up's (0: no votes)."""
-    mass: dict[str, float] = defaultdict(float)
-    for weight, ranked in votes:
-        for entry in ranked if weight > 0 else ():
-            mass[entry.language] += weight * entry.probability
-    ranked_mass = sorted(mass.values(), reverse=True) + [0.0, 0.0]
+    ranked_mass = sorted(_language_mass(votes)[0].values(), reverse=True) + [0.0, 0.0]
     return ranked_mass[0] - ranked_mass[1]
 
 
@@ -85,16 +96,7 @@ def probes_still_needed(votes: Sequence[tuple[float, Sequence[LanguageProbabilit
 
 def vote_language(votes: Sequence[tuple[float, Sequence[LanguageProbability]]]) -> LanguageDecision | None:
     """The recording's language from (voiced seconds, ranked languages) of each probed chunk."""
-    mass: dict[str, float] = defaultdict(float)
-    seconds = 0.0
-    counted = 0
-    for weight, ranked in votes:
-        if not ranked or weight <= 0:
-            continue
-        counted += 1
-        seconds += weight
-        for entry in ranked:
-            mass[entry.language] += weight * entry.probability
+    mass, seconds, counted = _language_mass(votes)
     if not mass:
         return None
     ranked_all = sorted(mass.items(), key=lambda kv: -kv[1])
