@@ -21,8 +21,12 @@ from whisperx_service.lifecycle import GATEWAY_SERVICE_NAME, AudioBudget, Lifecy
 from whisperx_service.logs import configure_logging
 from whisperx_service.metrics import GatewayMetrics
 from whisperx_service.pipeline import Pipeline, PipelineLimits
+from whisperx_service.request_timeout import cancel_request_timers
 from whisperx_service.voices import open_voice_store
 
+# Every process of the graph (the gateway and each runner, also served apart) imports this module
+# before BentoML builds its app.
+cancel_request_timers()
 app = build_app()
 
 

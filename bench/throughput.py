@@ -74,7 +74,7 @@ def prepare_store(home: Path, copy_from: list[Path]) -> None:
         + "d = Path(tempfile.mkdtemp()) / 'w2v'; build_random_wav2vec2(d, base_size=True);"
         "sources.import_alignment('en', d, licence='random weights, timing only')"
     )
-    _in_store(home, script)
+    in_store(home, script)
 
 
 def prepare_random_whisper(home: Path, shape: str, device: str, recordings: list[Path],
@@ -94,11 +94,11 @@ def prepare_random_whisper(home: Path, shape: str, device: str, recordings: list
         f"sources.import_whisper('random-{shape}', d, licence='random weights, timing only');"
         + measure
     )
-    output = _in_store(home, script)
+    output = in_store(home, script)
     return held_tokens or int(output.strip().splitlines()[-1])
 
 
-def _in_store(home: Path, script: str) -> str:
+def in_store(home: Path, script: str) -> str:
     """Run `script` in a child process on the BentoML home `home` (its memory is not ours)."""
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, env=env, check=True,
