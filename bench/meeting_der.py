@@ -4,6 +4,10 @@ for the shipped hyper-parameters and a few alternatives, side by side.
     .venv/bin/python bench/meeting_der.py [--only overlapped,dev00] [--variants default,thr0.6]
                                           [--exclude-overlap true|false] [--step 0.1]
 
+Without --step, as shipped: recordings longer than `LongRecordings.above_s` (120 s) are diarized
+with its coarser step and clustering (each variant's moved as the default's); --step 0.1 is the 1-s step
+for every recording (the shipped rule before long recordings had their own).
+
 Recordings: the compositions of tests/longform.py (noisy_open_en, back_to_back, mixed_zh_en,
 overlapped: 3-3.6 min, 5-6 speakers, with overlapped speech kept in their reference), the composed
 meeting of tests/composed.py, and the shared pyannote sample and AMI dev excerpts (dev00, dev01,
@@ -45,12 +49,19 @@ from bench.diarization_der import load_audio, read_rttm, read_uem, to_annotation
 from models.diarization_dir import build_default_pipeline_dir  # noqa: E402
 from tests.longform import compositions  # noqa: E402
 from whisperx_service.diarization.common import SAMPLE_RATE, prepare_audio  # noqa: E402
-from whisperx_service.diarization.embedded import DEFAULT_PIPELINE_PARAMS  # noqa: E402
-from whisperx_service.diarization.pyannote_backend import load_pyannote_pipeline, turns_of  # noqa: E402
+from whisperx_service.diarization.embedded import DEFAULT_PIPELINE_PARAMS, LongRecordings  # noqa: E402
+from whisperx_service.diarization.pyannote_backend import (  # noqa: E402
+    load_pyannote_pipeline,
+    long_recordings_variant,
+    turns_of,
+)
 
 log = logging.getLogger("bench.meeting_der")
 
-COMPOSITIONS = ("noisy_open_en", "back_to_back", "mixed_zh_en", "overlapped", "meeting")
+COMPOSITIONS = ("noisy_open_en", "back_to_back", "mixed_zh_en", "overlapped", "meeting", "long")
+# bench/throughput.py's >= 5-min recording: the composed meeting, then these, end to end; their
+# speakers are the meeting's (its labels: the source's prefix and the RTTM's name)
+LONG_PARTS = (("meeting", ""), ("sample", "pyannote_"), ("dev00", "ami_"), ("dev01", "ami_"))
 SHORT = ("sample", "dev00", "dev01")
 
 
@@ -73,6 +84,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "thr0.75": _variant(threshold=0.75),
     "thr0.8": _variant(threshold=0.8),
     "mcs3": _variant(min_cluster_size=3),
+    "mcs4": _variant(min_cluster_size=4),
+    "thr0.65mcs4": _variant(threshold=0.65, min_cluster_size=4),  # LongRecordings' own, under --step 0.2
     "mcs6": _variant(min_cluster_size=6),
     "mcs8": _variant(min_cluster_size=8),
     "mcs12": _variant(min_cluster_size=12),  # the shipped value before overlapped meetings were measured
@@ -118,7 +131,21 @@ def all_cases(work: Path) -> list[Case]:
         duration = len(audio) / SAMPLE_RATE
         uem = read_uem(case.uem, case.uri) if case.uem else Timeline([Segment(0.0, duration)], uri=case.uri)
         out.append(Case(case.name, audio, read_rttm(case.rttm, case.uri), uem))
-    return out
+    return out + [long_case({c.name: c for c in out})]
+
+
+def long_case(cases: dict[str, Case]) -> Case:
+    """bench/throughput.py's long recording, its reference and UEM the parts' own, shifted."""
+    reference, uem, audio, offset = Annotation(uri="long"), Timeline(uri="long"), [], 0.0
+    for name, prefix in LONG_PARTS:
+        part = cases[name]
+        for i, (segment, _, label) in enumerate(part.reference.itertracks(yield_label=True)):
+            reference[Segment(segment.start + offset, segment.end + offset), f"{name}{i}"] = prefix + label
+        for segment in part.uem:
+            uem.add(Segment(segment.start + offset, segment.end + offset))
+        audio.append(part.audio)
+        offset += len(part.audio) / SAMPLE_RATE
+    return Case("long", np.concatenate(audio), reference, uem)
 
 
 def score(case: Case, turns: list[Any]) -> tuple[float, int]:
@@ -127,22 +154,37 @@ def score(case: Case, turns: list[Any]) -> tuple[float, int]:
     return der, len({t.speaker for t in turns})
 
 
-def run(pipeline: Any, cases: list[Case], variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def run(pipeline: Any, cases: list[Case], variants: dict[str, dict[str, Any]],
+        long: tuple[LongRecordings, Any] | None = None) -> dict[str, Any]:
+    """With `long` (the shipped rule and its pipeline), recordings over its length are diarized by
+    that pipeline, each variant's min_cluster_size scaled and threshold moved as the rule moves
+    the default's."""
     import torch
 
     pipeline.training = True  # segmentation and embeddings cached in each file's dict
+    if long is not None:
+        long[1].training = True
     rows: dict[str, dict[str, Any]] = {}
     for case in cases:
         wave = prepare_audio(case.audio)
+        chosen, scale, shift = pipeline, 1.0, 0.0
+        if long is not None and len(wave) > long[0].above_s * SAMPLE_RATE:
+            chosen = long[1]
+            scale = long[0].min_cluster_size / DEFAULT_PIPELINE_PARAMS["clustering"]["min_cluster_size"]
+            shift = long[0].threshold - DEFAULT_PIPELINE_PARAMS["clustering"]["threshold"]
         file: dict[str, Any] = {"waveform": torch.from_numpy(wave)[None], "sample_rate": SAMPLE_RATE,
                                 "uri": case.reference.uri or case.name}
         duration = len(wave) / SAMPLE_RATE
         row: dict[str, Any] = {"true_speakers": len(case.reference.labels()), "duration": round(duration, 1)}
         for name, params in variants.items():
-            pipeline.instantiate(params)
+            params = copy.deepcopy(params)
+            clustering = params["clustering"]
+            clustering.update(min_cluster_size=round(clustering["min_cluster_size"] * scale),
+                              threshold=round(clustering["threshold"] + shift, 4))
+            chosen.instantiate(params)
             started = time.perf_counter()
             with torch.inference_mode():
-                turns = turns_of(pipeline(file, **hints(name, row["true_speakers"])), duration)
+                turns = turns_of(chosen(file, **hints(name, row["true_speakers"])), duration)
             seconds = time.perf_counter() - started
             der, found = score(case, turns)
             row[name] = {"der": round(der, 4), "speakers": found}
@@ -207,14 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = load_pyannote_pipeline(model_dir, embedding_threads=args.threads, threads=args.threads)
         if args.exclude_overlap is not None:
             pipeline.embedding_exclude_overlap = args.exclude_overlap == "true"
-        if args.step is not None:
+        long = None
+        if args.step is not None:  # that step for every recording
             pipeline.segmentation_step = args.step
             pipeline._segmentation.step = args.step * pipeline._segmentation.duration
-        rows = run(pipeline, cases, variants)
+        else:  # as shipped: long recordings with LongRecordings' step
+            rule = LongRecordings()
+            long = (rule, long_recordings_variant(pipeline, rule))
+        rows = run(pipeline, cases, variants, long)
     means = summary(rows, list(variants))
     sys.stdout.write(table(rows, list(variants), means) + "\n")
     sys.stdout.write(json.dumps({"exclude_overlap": pipeline.embedding_exclude_overlap,
-                                 "step": pipeline.segmentation_step, "recordings": rows, "means": means}) + "\n")
+                                 "step": pipeline.segmentation_step if long is None else "shipped",
+                                 "recordings": rows, "means": means}) + "\n")
     return 0
 
 

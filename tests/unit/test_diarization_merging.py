@@ -139,3 +139,33 @@ def test_two_recordings_diarized_at_once_each_get_their_own_turns(backend: Pyann
     assert together == alone
     assert len({t.speaker for t in alone[0]}) == 2 and alone[0] != alone[1]
     assert calls_together < calls_alone
+
+
+def test_long_recordings_take_the_coarser_step_and_short_ones_keep_theirs(backend: PyannoteBackend) -> None:
+    """A recording over `LongRecordings.above_s` is diarized by the second pipeline (same models,
+    twice the step); a long and a short one diarized at once each get the turns they get alone."""
+    import asyncio
+
+    assert backend.long is not None and backend.long_pipeline is not None
+    short, long = backend.pipeline, backend.long_pipeline
+    assert long._segmentation.model is short._segmentation.model  # no second copy of the weights
+    assert long._segmentation.step == pytest.approx(2 * short._segmentation.step)
+    assert long.clustering.min_cluster_size < short.clustering.min_cluster_size
+    above = int(backend.long.above_s * 16000)
+    assert backend.pipeline_for(above) is short and backend.pipeline_for(above + 1) is long
+
+    sample = asyncio.run(decode_audio(PYANNOTE_SAMPLE, max_seconds=60))
+    dev01 = asyncio.run(decode_audio(AMI_DIR / "dev01.wav", max_seconds=60))
+    meeting = np.concatenate([sample, dev01] * (1 + above // (sample.shape[0] + dev01.shape[0])))
+    assert backend.pipeline_for(meeting.shape[0]) is long
+    alone = [backend.diarize(clip) for clip in (meeting, sample)]
+    started = threading.Barrier(2)
+
+    def diarize(clip: np.ndarray) -> object:
+        started.wait(DEADLINE_S)
+        return backend.diarize(clip)
+
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(diarize, (meeting, sample)))
+    assert together == alone
+    assert len({t.speaker for t in alone[0]}) >= 3  # the sample's two voices and dev01's

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 PIPELINE_YAML = "pipeline.yaml"
@@ -24,3 +25,25 @@ DEFAULT_PIPELINE_PARAMS: dict[str, Any] = {
     "segmentation": {"min_duration_off": 0.0},
     "clustering": {"method": "centroid", "threshold": 0.7, "min_cluster_size": 8},
 }
+
+
+@dataclass(frozen=True)
+class LongRecordings:
+    """How the embedded pipeline diarizes a recording longer than `above_s`: a coarser step (half
+    the segmentation windows and embedding rows), a min_cluster_size scaled with it (a cluster
+    still needs as many seconds of a speaker) and a clustering threshold chosen with them on the
+    composed meetings (bench/meeting_der.py). Below `above_s` too few windows are left for
+    clustering at the coarser step (a 30-s clip's two speakers merged)."""
+
+    above_s: float = 120.0
+    segmentation_step: float = 0.2
+    min_cluster_size: int = 4
+    threshold: float = 0.65
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LongRecordings | None:
+        """The `long_recordings` entry of pipeline.yaml (absent: these defaults; null: none)."""
+        if "long_recordings" not in config:
+            return cls()
+        entry = config["long_recordings"]
+        return None if entry is None else cls(**entry)

@@ -36,6 +36,7 @@ from .embedded import (
     DEFAULT_PIPELINE_PARAMS,
     EMBEDDED_KIND,
     PIPELINE_YAML,
+    LongRecordings,
 )
 from .merging import CallMerger, concat_rows
 
@@ -94,6 +95,30 @@ def _load_embedded_pipeline(model_dir: Path, config: Mapping[str, Any], embeddin
     )
     pipeline.instantiate(dict(config.get("params") or DEFAULT_PIPELINE_PARAMS))
     return pipeline
+
+
+def long_recordings_variant(pipeline: Any, long: LongRecordings) -> Any:
+    """A second pipeline over the same two models (no weights loaded again), with the step and
+    clustering `long` gives for long recordings; every other setting is `pipeline`'s."""
+    import copy
+
+    from pyannote.audio.pipelines import SpeakerDiarization
+
+    variant = SpeakerDiarization(
+        segmentation=pipeline._segmentation.model,
+        segmentation_step=long.segmentation_step,
+        embedding=pipeline.embedding,
+        embedding_exclude_overlap=pipeline.embedding_exclude_overlap,
+        plda=pipeline._plda,
+        clustering=pipeline.klustering,
+        embedding_batch_size=pipeline.embedding_batch_size,
+        segmentation_batch_size=pipeline.segmentation_batch_size,
+    )
+    variant.clustering.constrained_assignment = pipeline.clustering.constrained_assignment
+    params = copy.deepcopy(pipeline.parameters(instantiated=True))
+    params["clustering"].update(min_cluster_size=long.min_cluster_size, threshold=long.threshold)
+    variant.instantiate(params)
+    return variant
 
 
 def _resolve_local(value: Any, model_dir: Path, fallback: str) -> Any:
@@ -219,18 +244,32 @@ class PyannoteBackend:
         warnings.filterwarnings("ignore", module=r"pyannote\.")
         self.pipeline = load_pyannote_pipeline(model_dir, embedding_threads=embedding_threads,
                                                threads=self._threads)
-        self.pipeline.to(torch.device(device))
         kind = "cuda" if device.startswith("cuda") else "cpu"
         windows, rows = _BATCH_ROWS[kind]
         self.pipeline.segmentation_batch_size = windows
         self.pipeline.embedding_batch_size = rows
+        # The embedded pipeline diarizes long recordings with a coarser step (`LongRecordings`).
+        embedded = model_dir / PIPELINE_YAML
+        self.long = LongRecordings.from_config(
+            yaml.safe_load(embedded.read_text(encoding="utf-8"))) if embedded.is_file() else None
+        self.long_pipeline = long_recordings_variant(self.pipeline, self.long) if self.long else None
         merged_windows, merged_rows = _MERGED_BATCH_ROWS[kind]
-        inference = self.pipeline._segmentation
-        self.segment = CallMerger(inference.infer, merged_windows, concat_rows)
-        inference.infer = self.segment
+        self.segment = CallMerger(self.pipeline._segmentation.infer, merged_windows, concat_rows)
         self._speaker_embedding = self.pipeline._embedding
         self.embed = CallMerger(self.pipeline._embedding, merged_rows, concat_rows)
-        self.pipeline._embedding = _MergedEmbedding(self.pipeline._embedding, self.embed)
+        # Both pipelines' model calls go through the same mergers (what a window or row gives
+        # does not depend on the step), so short and long requests still share batches.
+        for pipeline in (self.pipeline, self.long_pipeline):
+            if pipeline is not None:
+                pipeline.to(torch.device(device))
+                pipeline._segmentation.infer = self.segment
+                pipeline._embedding = _MergedEmbedding(self._speaker_embedding, self.embed)
+
+    def pipeline_for(self, num_samples: int) -> Any:
+        """The pipeline that diarizes a recording of `num_samples` samples."""
+        if self.long is not None and self.long_pipeline is not None and num_samples > self.long.above_s * SAMPLE_RATE:
+            return self.long_pipeline
+        return self.pipeline
 
     def voice_print(self, audio: np.ndarray) -> np.ndarray:
         """The pipeline's speaker embedding of a whole recording of one voice."""
@@ -253,10 +292,11 @@ class PyannoteBackend:
             "sample_rate": SAMPLE_RATE,
             "uri": "audio",
         }
+        pipeline = self.pipeline_for(wave.shape[0])
         stages = _Stages(self.segment, self.embed)
         try:
             with torch.inference_mode():
-                output = self.pipeline(
+                output = pipeline(
                     file,
                     num_speakers=num_speakers,
                     min_speakers=min_speakers,
