@@ -27,7 +27,8 @@ logger = logging.getLogger("whisperx_service.asr")
 _declared = get_settings()
 
 
-@bentoml.service(name="asr", **runner_service_config(_declared.asr_threads))
+# As many calls at once as workers: language probes and other requests' plans use them too.
+@bentoml.service(name="asr", **runner_service_config(_declared.asr_threads, _declared.resolved_asr_workers()))
 class ASR:
     whisper_model = BentoModel(_declared.asr_model)
 

@@ -105,8 +105,14 @@ class Settings(BaseSettings):
         "default", description="CTranslate2 compute type; default is int8 on CPU, float16 on CUDA."
     )
     asr_batch_size: int | None = Field(
-        None, ge=1, description="VAD chunks decoded per Whisper batch (unset: 8 on a CPU, 32 on a GPU, "
-        "where smaller batches leave it idle).",
+        None, ge=1, description="VAD chunks the ASR runner takes per call, from all in-flight requests "
+        "(unset: 8 on a CPU, 32 on a GPU, where smaller batches leave it idle). With one worker they "
+        "are one Whisper batch; with more, each chunk is decoded on its own by the next free worker.",
+    )
+    asr_workers: int | None = Field(
+        None, ge=1, description="Whisper decodes run at once (CTranslate2 inter_threads), each on "
+        "asr_threads / asr_workers threads (unset: asr_threads on a CPU, where one chunk on one "
+        "thread costs the least CPU per chunk; 1 on a GPU, which wants whole batches).",
     )
     beam_size: int = Field(5, ge=1, description="Whisper beam size.")
     language_probes: int = Field(
@@ -343,6 +349,11 @@ class Settings(BaseSettings):
         if self.asr_batch_size is not None:
             return self.asr_batch_size
         return 32 if self.gpu_expected() else 8
+
+    def resolved_asr_workers(self) -> int:
+        if self.asr_workers is not None:
+            return self.asr_workers
+        return 1 if self.gpu_expected() else self.asr_threads
 
     def resolved_align_batch_size(self) -> int:
         if self.align_batch_size is not None:

@@ -1,7 +1,8 @@
 """Whisper through whisperx's batched pipeline, split so that chunks batch across requests.
 
 `speech_chunks` is whisperx's VAD + `merge_chunks` (<= 30-s chunks); `decode` decodes chunks
-from any number of requests in Whisper batches (grouped by language and task, never mixed up). A
+from any number of requests (grouped by language and task, never mixed up): in Whisper batches
+with one worker (a GPU), or each chunk on its own by the next free worker (a CPU). A
 chunk sent without a language has it detected on its own encoder output, so detection costs no
 encoder pass of its own. For languages no aligner holds, `decode` also times the words with
 Whisper's own cross-attention (faster-whisper's word timestamps), reusing the batch's encoder
@@ -14,6 +15,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,14 +47,21 @@ class WhisperDecoder:
 
     def __init__(self, path: str, tag: str, settings: Settings) -> None:
         import whisperx
+        from whisperx.asr import WhisperModel
 
         started = time.perf_counter()
         self.settings = settings
         self.device = settings.resolved_device()
         self.model_tag = tag
+        # Workers (CTranslate2 replicas) decode chunks side by side, each on its share of the
+        # threads: on a CPU one chunk on one thread costs the least CPU, and chunks run on all cores.
+        self.workers = settings.resolved_asr_workers()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="whisper") if self.workers > 1 else None
         self.pipeline = whisperx.load_model(
             path,
             self.device,
+            model=WhisperModel(path, device=self.device, compute_type=settings.resolved_compute_type(),
+                               cpu_threads=max(1, settings.asr_threads // self.workers), num_workers=self.workers),
             compute_type=settings.resolved_compute_type(),
             asr_options={"beam_size": settings.beam_size, "suppress_tokens": settings.asr_suppress_tokens},
             vad_method="pyannote",
@@ -124,17 +133,25 @@ class WhisperDecoder:
         groups: dict[tuple[str | None, str, str | None, tuple[str, ...]], list[int]] = defaultdict(list)
         for index, job in enumerate(jobs):
             groups[(job.language, job.task, job.initial_prompt, tuple(job.aligned_languages))].append(index)
-        for (language, task, prompt, aligned), indices in groups.items():
-            size = self.settings.resolved_asr_batch_size()
-            for first in range(0, len(indices), size):
-                part = indices[first:first + size]
-                batch = [jobs[i] for i in part]
-                if language is None:
-                    texts = self._detect_and_decode(batch, task, prompt, aligned)
-                else:
-                    texts = self._decode_batch(batch, self._encode(batch), language, task, prompt, aligned)
-                for index, text in zip(part, texts, strict=True):
-                    results[index] = text
+        size = 1 if self._pool is not None else self.settings.resolved_asr_batch_size()
+        batches = [(key, indices[first:first + size]) for key, indices in groups.items()
+                   for first in range(0, len(indices), size)]
+
+        def run(batch: tuple[tuple[str | None, str, str | None, tuple[str, ...]], list[int]]) -> None:
+            (language, task, prompt, aligned), part = batch
+            chunks = [jobs[i] for i in part]
+            if language is None:
+                texts = self._detect_and_decode(chunks, task, prompt, aligned)
+            else:
+                texts = self._decode_batch(chunks, self._encode(chunks), language, task, prompt, aligned)
+            for index, text in zip(part, texts, strict=True):
+                results[index] = text
+
+        if self._pool is not None and len(batches) > 1:
+            list(self._pool.map(run, batches))
+        else:
+            for batch in batches:
+                run(batch)
         logger.info("decoded a batch of %d chunks (%d groups) in %.2f s", len(jobs), len(groups),
                     time.perf_counter() - started)
         return [r for r in results if r is not None]

@@ -81,6 +81,22 @@ def test_batching_keeps_each_chunk_with_its_own_result(asr) -> None:  # type: ig
     assert all(t.words is None for t in expected_other)
 
 
+def test_workers_decode_chunks_side_by_side_as_one_batch_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers, each decoding one chunk at a time on its own thread (the CPU default), give
+    every chunk of a mixed batch exactly the text and words one worker's Whisper batch gives."""
+    audio = asyncio.run(decode_audio(JFK_FLAC, max_seconds=60))
+    answers = []
+    for workers in ("1", "2"):
+        runner = _runner(monkeypatch, WXS_ASR_MODEL="whisper-tiny-en", WXS_ASR_WORKERS=workers,
+                         WXS_ASR_THREADS="2")
+        assert runner.whisper.workers == int(workers)
+        _, words = _jobs(runner, audio, words=True)
+        _, plain = _jobs(runner, audio[: audio.shape[0] // 2], words=False)
+        answers.append([t.model_dump() for t in runner.decode([*plain, *words, *plain])])
+    assert answers[0] == answers[1]
+    assert answers[1][len(answers[1]) // 2]["words"]  # the chunk with Whisper word timings kept them
+
+
 @pytest.fixture(scope="module")
 def asr_base():  # type: ignore[no-untyped-def]
     """The embedded multilingual `base` model: language detection needs a multilingual model."""
