@@ -146,7 +146,8 @@ class Arms:
 
 def torch_only(model_dir: Path, dest: Path) -> Path:
     """The embedded pipeline as pyannote runs it, every model in torch: `model_dir`'s files linked
-    into `dest` and its pipeline.yaml without the ONNX graphs (ours; the seed had none)."""
+    into `dest` and its pipeline.yaml without the ONNX graphs or the long-recording step (ours;
+    the seed had neither)."""
     import yaml
 
     for item in model_dir.iterdir():
@@ -155,6 +156,7 @@ def torch_only(model_dir: Path, dest: Path) -> Path:
     config = yaml.safe_load((model_dir / "pipeline.yaml").read_text(encoding="utf-8"))
     for key in ("segmentation_onnx", "embedding_onnx"):
         config.pop(key, None)
+    config["long_recordings"] = None
     (dest / "pipeline.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return dest
 
