@@ -57,16 +57,15 @@ class WhisperDecoder:
         # threads: on a CPU one chunk on one thread costs the least CPU, and chunks run on all cores.
         self.workers = settings.resolved_asr_workers()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="whisper") if self.workers > 1 else None
+        # whisperx.load_model reads compute_type and threads only to build the model it is given here.
         self.pipeline = whisperx.load_model(
             path,
             self.device,
             model=WhisperModel(path, device=self.device, compute_type=settings.resolved_compute_type(),
                                cpu_threads=max(1, settings.asr_threads // self.workers), num_workers=self.workers),
-            compute_type=settings.resolved_compute_type(),
             asr_options={"beam_size": settings.beam_size, "suppress_tokens": settings.asr_suppress_tokens},
             vad_method="pyannote",
             vad_options={"vad_onset": settings.vad_onset, "vad_offset": settings.vad_offset},
-            threads=settings.asr_threads,
         )
         # whisperx slides its 5-s VAD window by 0.5 s; a coarser hop is most of the VAD's cost
         # saved for the same chunks (WXS_VAD_STEP_S).
